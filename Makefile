@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` (the main job on the toy default) and `make test` (all tests).
+# Both build .venv on first use; later runs only reinstall when setup.py or settings.ini changed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv clean-venv
+
+$(STAMP): setup.py settings.ini
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: a looser spec would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fastvideo demo --output_dir outputs/demo
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash tools/run_tests.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite, in the order the developers' brief fixes:
+# nbdev_clean + nbdev_export must change nothing, then every notebook under nbdev_test, then pytest on tests/.
+# Ends with one line: "summary: N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+failed=0; passed=0
+
+snapshot() { git status --porcelain -- nbs fastvideo 2>/dev/null; git diff -- nbs fastvideo 2>/dev/null | sha1sum; }
+if git rev-parse --git-dir >/dev/null 2>&1; then
+  before=$(snapshot)
+  nbdev_clean >/dev/null && nbdev_export || { echo "nbdev_clean/nbdev_export failed"; exit 1; }
+  after=$(snapshot)
+  if [ "$before" != "$after" ]; then
+    echo "FAIL sync: nbdev_clean or nbdev_export changed files; run them and commit the result:"
+    git status --short -- nbs fastvideo
+    failed=$((failed + 1))
+  else
+    echo "ok   sync: notebooks clean and library exported"; passed=$((passed + 1))
+  fi
+else
+  nbdev_export
+fi
+
+nb_log=$(mktemp)
+n_nbs=$(find nbs -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' -not -name '_*' | wc -l)
+if nbdev_test --n_workers "${NBDEV_WORKERS:-2}" --timing --flags "${NBDEV_FLAGS:-}" 2>&1 | tee "$nb_log"; then
+  passed=$((passed + n_nbs))
+  echo "ok   notebooks: $n_nbs passed under nbdev_test"
+else
+  n_bad=$(grep -c "^Error in\|Exception in" "$nb_log" || true); [ "$n_bad" -gt 0 ] || n_bad=1
+  failed=$((failed + n_bad)); passed=$((passed + n_nbs - n_bad))
+  echo "FAIL notebooks: $n_bad of $n_nbs failed under nbdev_test"
+fi
+
+py_log=$(mktemp)
+python -m pytest -q tests 2>&1 | tee "$py_log"; rc=${PIPESTATUS[0]}
+last=$(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$py_log" | tail -1)
+count() { echo "$last" | grep -oE "[0-9]+ $1" | grep -oE '^[0-9]+' | awk '{s+=$1} END {print s+0}'; }
+p=$(count passed); f=$(( $(count failed) + $(count 'errors?') ))
+passed=$((passed + p)); failed=$((failed + ${f:-0}))
+if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then failed=$((failed + 1)); echo "FAIL pytest exited $rc"; fi
+
+echo "summary: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
