@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, in the order the developers' brief fixes:
-# nbdev_clean + nbdev_export must change nothing, then every notebook under nbdev_test, then pytest on tests/.
+# nbdev_clean + nbdev_export must change nothing, nbdev's doc processing must pass (Quarto itself cannot be
+# installed here), then every notebook under nbdev_test, then pytest on tests/.
 # Ends with one line: "summary: N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 failed=0; passed=0
 
-snapshot() { git status --porcelain -- nbs fastvideo 2>/dev/null; git diff -- nbs fastvideo 2>/dev/null | sha1sum; }
+snapshot() { git status --porcelain -- nbs fastvideo settings.ini 2>/dev/null; git diff -- nbs fastvideo settings.ini 2>/dev/null | sha1sum; }
 if git rev-parse --git-dir >/dev/null 2>&1; then
   before=$(snapshot)
   nbdev_clean >/dev/null && nbdev_export || { echo "nbdev_clean/nbdev_export failed"; exit 1; }
@@ -20,6 +21,12 @@ if git rev-parse --git-dir >/dev/null 2>&1; then
   fi
 else
   nbdev_export
+fi
+
+if python tools/check_docs.py >/dev/null 2>&1 && [ "$(snapshot)" = "$after" ]; then
+  echo "ok   docs: nbdev doc processing passes and changes no tracked file"; passed=$((passed + 1))
+else
+  echo "FAIL docs: python tools/check_docs.py failed or rewrote tracked files (see git status)"; failed=$((failed + 1))
 fi
 
 nb_log=$(mktemp)
