@@ -1,0 +1,69 @@
+"""`fastvideo launch`: papermill + torchrun, rank 0's notebook as the record, a failing rank fails the launch."""
+import argparse
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from fastvideo.launch import LaunchError, add_launch, launch, parse_parameter
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 120
+
+
+def cli(argv):
+    "The `fastvideo` command as the lead's cli registers it, or a parser with only `launch` before that."
+    try:
+        from fastvideo import cli as fastvideo_cli
+        if add_launch in getattr(fastvideo_cli, "SUBCOMMANDS", []): return fastvideo_cli.main(argv)
+    except ImportError: pass
+    parser = argparse.ArgumentParser(prog="fastvideo")
+    add_launch(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def small_notebook(path, *cells, parameters="steps = 1  # how many"):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})]
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_sp_check_on_two_processes(tmp_path):
+    out = tmp_path / "sp_check.ipynb"
+    cli(["launch", str(ROOT / "nbs/runs/sp_check.ipynb"), "--nproc_per_node", "2", "-p", "latent_frames", "3",
+         "-p", "atol", "1e-5", "--output", str(out), "--timeout", str(TIMEOUT)])
+    nb = nbformat.read(out, 4)
+    texts = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "rank 0 of 2, sp_size 2" in texts and "max |SP - one process| on 2 process(es)" in texts
+    assert "latent_frames = 3" in "".join(c.source for c in nb.cells)  # papermill's injected parameters
+    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_a_failing_rank_fails_the_launch(tmp_path, capsys):
+    # rank 1 raises; rank 0 waits in a barrier for it and must be stopped by torchrun, not left hanging
+    nb = small_notebook(tmp_path / "fail.ipynb",
+                        "import os, torch.distributed as dist\nfrom fastvideo.distributed import init_distributed\n"
+                        "state = init_distributed(sp_size=2)",
+                        "if state.rank == 1: raise ZeroDivisionError('rank one divides by zero')",
+                        "dist.barrier()")
+    with pytest.raises(SystemExit) as exit:
+        cli(["launch", str(nb), "--nproc_per_node", "2", "--output", str(tmp_path / "out.ipynb"), "--timeout", str(TIMEOUT)])
+    assert exit.value.code == 1
+    err = capsys.readouterr().err
+    assert "fastvideo launch: error:" in err and "rank 1 failed in cell [3]: ZeroDivisionError: rank one divides by zero" in err
+
+
+def test_launch_raises_launch_error_on_one_process(tmp_path):
+    nb = small_notebook(tmp_path / "fail1.ipynb", "assert steps == 2, f'steps={steps}'")
+    with pytest.raises(LaunchError, match=r"rank 0 failed in cell \[3\]: AssertionError: steps=3"):
+        launch(nb, 1, {"steps": 3}, tmp_path / "o.ipynb", timeout=TIMEOUT)
+    assert (tmp_path / "o.ipynb").exists()  # rank 0's notebook, error included, is kept
+
+
+def test_parameters():
+    assert [parse_parameter(v) for v in ["3", "0.5", "True", "None", "x1"]] == [3, 0.5, True, None, "x1"]
+    with pytest.raises(ValueError, match="-p stpes: not in the parameters cell"):
+        launch(ROOT / "nbs/runs/sp_check.ipynb", 2, {"stpes": 1})
