@@ -1,0 +1,71 @@
+"""Forward+backward time of fastvideo's MochiDiT against diffusers' MochiTransformer3DModel, same weights, CPU fp32.
+
+Run: .venv/bin/python bench/dit_bench.py [--repeats 10] [--threads 2]
+Prints the configuration, wall-clock medians (the two models interleaved so background load hits both alike),
+process CPU-time medians (less sensitive to other processes on the machine), their ratios, and FLOPs per forward.
+"""
+import argparse, statistics, time
+from dataclasses import asdict
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from diffusers import MochiTransformer3DModel
+from fastvideo.config import DiTConfig
+from fastvideo.dit import MochiDiT, randomize_parameters
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--repeats", type=int, default=10)  # timed steps per model
+parser.add_argument("--warmup", type=int, default=2)    # untimed steps per model first
+parser.add_argument("--threads", type=int, default=2)   # torch intra-op threads
+args = parser.parse_args()
+torch.set_num_threads(args.threads)
+torch.manual_seed(0)
+
+# mid-size: 4 blocks of 8 heads x 32, text stream 128 wide, T5 stand-in 256 wide
+cfg = DiTConfig(num_attention_heads=8, attention_head_dim=32, num_layers=4, pooled_projection_dim=128,
+                text_embed_dim=256, time_embed_dim=256, max_sequence_length=64)
+batch, frames, height, width, text_tokens, text_lengths = 2, 3, 16, 28, 64, [40, 17]
+
+ref = randomize_parameters(MochiTransformer3DModel(**asdict(cfg)))
+ours = MochiDiT(cfg)
+ours.load_state_dict(ref.state_dict())
+latents = torch.randn(batch, cfg.in_channels, frames, height, width)
+text = torch.randn(batch, text_tokens, cfg.text_embed_dim)
+mask = torch.zeros(batch, text_tokens, dtype=torch.long)
+for i, n in enumerate(text_lengths): mask[i, :n] = 1
+timestep = torch.tensor([300.0, 700.0])
+
+def step(model):
+    model.zero_grad(set_to_none=True)
+    model(latents, text, timestep, mask).sample.square().mean().backward()
+
+print(f"config: {asdict(cfg)}")
+print(f"input: batch {batch}, latent {frames}x{height}x{width} ({frames * height * width // cfg.patch_size ** 2} visual tokens per sample), "
+      f"{text_tokens} text tokens with lengths {text_lengths}; CPU fp32, torch {torch.__version__}, "
+      f"{torch.get_num_threads()} threads; forward+backward, {args.warmup} warmup + median of {args.repeats}")
+
+with torch.no_grad():
+    diff = (ours(latents, text, timestep, mask).sample - ref(latents, text, timestep, mask).sample).abs().max().item()
+print(f"max |ours - diffusers| output: {diff:.2e}")
+
+flops = {}
+for name, model in (("ours", ours), ("diffusers", ref)):
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(latents, text, timestep, mask)
+    flops[name] = counter.get_total_flops()
+
+for model in (ours, ref):
+    for _ in range(args.warmup): step(model)
+wall, cpu = {"ours": [], "diffusers": []}, {"ours": [], "diffusers": []}
+for _ in range(args.repeats):
+    for name, model in (("ours", ours), ("diffusers", ref)):
+        w0, c0 = time.perf_counter(), time.process_time()
+        step(model)
+        wall[name].append(time.perf_counter() - w0); cpu[name].append(time.process_time() - c0)
+
+med = lambda xs: statistics.median(xs) * 1e3
+for name in ("ours", "diffusers"):
+    print(f"{name:9s}: wall median {med(wall[name]):7.1f} ms, min {min(wall[name]) * 1e3:7.1f} ms; "
+          f"cpu median {med(cpu[name]):7.1f} ms; forward {flops[name] / 1e9:.3f} GFLOP (matmuls + attention)")
+ratio = lambda f, d: f(d["diffusers"]) / f(d["ours"])
+print(f"speed-up ours vs diffusers (target >= 1.25x): wall median {ratio(med, wall):.2f}x, wall min {ratio(min, wall):.2f}x, "
+      f"cpu median {ratio(med, cpu):.2f}x")
