@@ -144,8 +144,9 @@ def _find_object(frame: np.ndarray):
     ys, xs = np.nonzero(obj)
     h, w = np.ptp(ys) + 1, np.ptp(xs) + 1
     compact = area >= 20 and area <= 0.25 * frame.shape[0] * frame.shape[1] and 0.6 <= h / w <= 1.67
+    if not compact: return None  # also keeps the background below from being empty
     alone = areas.sum() - area <= 0.05 * area and frame[~obj].max(-1).mean() < 48
-    return obj if compact and alone else None
+    return obj if alone else None
 
 # %% ../nbs/01_toy.ipynb #68969292
 def _nearest(table: dict, value) -> str:
@@ -193,11 +194,14 @@ def score_many(videos, captions) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {"n": len(rows)}
 
 # %% ../nbs/01_toy.ipynb #9cac5171
+_UMASK = os.umask(0o022); os.umask(_UMASK)  # read once: os.umask can only be read by setting it
+
 def _atomic_path(path: Path):
     "A temporary path beside `path`, to be renamed onto it when complete."
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the file the permissions open() would
     return Path(tmp)
 
 def write_mp4(path, frames: np.ndarray, fps: float, crf: int = 12):

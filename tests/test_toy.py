@@ -134,3 +134,10 @@ def test_score_rejects_bad_frames(frames, expected):
 def test_score_rejects_captions_outside_grammar(caption):
     with pytest.raises(ValueError, match="outside the toy grammar"):
         toy.score(np.zeros((19, 64, 112, 3), np.uint8), caption)
+
+
+@pytest.mark.filterwarnings("error")
+def test_score_finds_no_object_in_a_bright_frame_without_warnings():
+    frames = np.full((3, 64, 112, 3), 200, np.uint8)  # one component covering the whole frame, nothing behind it
+    res = toy.score(frames, "a red circle moving left")
+    assert res["one_object"] is False and res["mean"] == 0.0
