@@ -12,26 +12,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .distributed import (gather, sp_rank, sp_size, _active_group, _all_gather_cat, _check_same_across)
+from .dit import attention  # the one softmax of the kit, re-exported here
+
+_all_ = ["attention"]
 
 # %% auto #0
-__all__ = ['attention', 'simulate_all_to_all', 'CommCounter', 'count_all_to_all', 'all_to_all_seq_to_heads',
-           'all_to_all_heads_to_seq', 'ulysses_attention', 'ulysses_joint_attention', 'ulysses_all_to_all_bytes']
-
-# %% ../nbs/04_attention.ipynb #191d0309
-def attention(q, k, v, mask=None, backend: str = "auto"):
-    "Softmax attention over [B, heads, L, D]; `mask` is bool [B, Lk], True for keys to attend to."
-    if mask is not None and (mask.dtype != torch.bool or mask.shape != (k.shape[0], k.shape[2])):
-        raise ValueError(f"mask must be bool [batch, keys] = {[k.shape[0], k.shape[2]]}, got {mask.dtype} {list(mask.shape)}")
-    if backend not in ("auto", "sdpa", "flash"): raise ValueError(f"backend must be auto, sdpa or flash, got {backend!r}")
-    if backend != "sdpa" and mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        try:
-            from flash_attn import flash_attn_func
-            return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-        except ImportError:
-            if backend == "flash": raise ImportError("backend='flash' needs flash-attn: pip install 'fastvideo[flash]'")
-    elif backend == "flash":
-        raise ValueError("backend='flash' needs CUDA tensors in float16/bfloat16 and no mask")
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None, None, :])
+__all__ = ['simulate_all_to_all', 'CommCounter', 'count_all_to_all', 'all_to_all_seq_to_heads', 'all_to_all_heads_to_seq',
+           'ulysses_attention', 'ulysses_joint_attention', 'ulysses_all_to_all_bytes', 'attention']
 
 # %% ../nbs/04_attention.ipynb #0d3dad42
 def _pack_seq_to_heads(x, n):
@@ -154,11 +141,11 @@ def ulysses_attention(vis_q, vis_k, vis_v, txt_q, txt_k, txt_v, vis_valid=None, 
     return vis_out, None if txt_out is None else gather(txt_out.contiguous(), 1, group=group)
 
 # %% ../nbs/04_attention.ipynb #c5074c98
-def ulysses_joint_attention(vis_valid=None, group=None):
+def ulysses_joint_attention(vis_valid=None, group=None, check: bool = True):
     "`ulysses_attention` as a function of (q_vis, k_vis, v_vis, q_txt, k_txt, v_txt, text_mask), for the DiT."
     def attend(q_vis, k_vis, v_vis, q_txt, k_txt, v_txt, text_mask):
         return ulysses_attention(q_vis, k_vis, v_vis, q_txt, k_txt, v_txt, vis_valid=vis_valid, txt_mask=text_mask,
-                                 group=group)
+                                 group=group, check=check)
     return attend
 
 # %% ../nbs/04_attention.ipynb #271002b1

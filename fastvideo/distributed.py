@@ -14,7 +14,8 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['TORCHRUN_ENV', 'ParallelState', 'init_distributed', 'destroy_distributed', 'sequence_parallel', 'sp_group', 'sp_size',
-           'sp_rank', 'dp_size', 'dp_rank', 'dp_group', 'is_main', 'padded_length', 'shard_indices', 'shard', 'gather']
+           'sp_rank', 'dp_size', 'dp_rank', 'dp_group', 'is_main', 'padded_length', 'shard_indices', 'shard', 'gather',
+           'broadcast']
 
 # %% ../nbs/03b_distributed.ipynb #6398ffcc
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -187,3 +188,11 @@ def gather(x: torch.Tensor, dim: int, length: int | None = None, group=None) -> 
         raise ValueError(f"gather(length={length}): the {n} slices of {x.shape[dim]} hold at most {x.shape[dim] * n}")
     if n == 1: return x.narrow(dim, 0, length)
     return _Gather.apply(x, dim % x.ndim, length, _active_group(group))
+
+# %% ../nbs/03b_distributed.ipynb #edd27aa5
+def broadcast(x: torch.Tensor, group=None) -> torch.Tensor:
+    "The first rank of the SP group's `x`, on every rank of it (`x` must have the same shape everywhere; it is not modified)."
+    if sp_size(group) == 1: return x
+    group, x = _active_group(group), x.clone()
+    dist.broadcast(x, src=dist.get_global_rank(group, 0), group=group)
+    return x

@@ -396,10 +396,46 @@ def check_inputs(self: MochiDiT, hidden_states, encoder_hidden_states, timestep,
     if n not in (1, B): raise ValueError(f"timestep: expected 1 or {B} values, got {n}")
 
 # %% ../nbs/03_dit.ipynb #3d603e55
+from functools import partial
+from .distributed import padded_length, sp_group, sp_rank, sp_size, _check_same_across
+
+def _sequence_parallel(hidden_states, patch_size, text_tokens, num_frames, frame_offset):
+    """Under SP: the latents with padding frames zeroed, this rank's global frame offset and the Ulysses joint
+    attention with padding frames masked out of the keys."""
+    from fastvideo.attention import ulysses_joint_attention  # imported here: fastvideo.attention imports this module
+    group, n = sp_group(), sp_size()
+    B, _, T, H, W = hidden_states.shape
+    padded = T * n
+    if num_frames is None: num_frames = padded
+    # before any check that could fail on one rank only: every rank then raises the same error
+    _check_same_across(group, "MochiDiT", hidden_states.device, batch=B, local_frames=T, height=H, width=W,
+                       text_tokens=text_tokens, num_frames=num_frames)
+    if padded_length(num_frames, n) != padded:
+        raise ValueError(f"num_frames={num_frames}: sharded over sp_size={n} ranks that is {padded_length(num_frames, n) // n} "
+                         f"latent frames per rank, but hidden_states holds {T}; pass each rank `shard(latents, 2)` "
+                         "and the global latent frame count")
+    offset, vis_valid = frame_offset + sp_rank() * T, None  # no padding frames: no visual mask
+    if num_frames < padded:
+        frame_valid = torch.arange(padded, device=hidden_states.device) < num_frames
+        tokens_per_frame = (H // patch_size) * (W // patch_size)
+        vis_valid = frame_valid.repeat_interleave(tokens_per_frame).expand(B, -1)
+        local_valid = frame_valid[sp_rank() * T:(sp_rank() + 1) * T]
+        # zeroed like padded caption features: whatever a sampler left in padding frames cannot reach the output
+        hidden_states = hidden_states.masked_fill(~local_valid[:, None, None], 0)
+    return hidden_states, offset, ulysses_joint_attention(vis_valid, group=group, check=False)
+
+def _block_with_attend(block, attend, *args):
+    "Run `block` with its joint attention routed through `attend`, restored afterwards."
+    saved, block.attn1.attend = block.attn1.attend, attend
+    try: return block(*args)
+    finally: block.attn1.attend = saved
+
+# %% ../nbs/03_dit.ipynb #2fff6030
 @patch
 def forward(self: MochiDiT, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask,
-            attention_kwargs=None, return_dict: bool = True, frame_offset: int = 0):
+            attention_kwargs=None, return_dict: bool = True, frame_offset: int = 0, num_frames: int | None = None):
     "Predict the flow for latents [B, C, T, H, W] given caption embeddings [B, L, text_dim], mask [B, L] and timesteps."
+    # under SP, hidden_states is this rank's shard of the frames and `num_frames` the video's (unpadded) frame count
     self.check_inputs(hidden_states, encoder_hidden_states, timestep, encoder_attention_mask)
     B, C, T, H, W = hidden_states.shape
     p = self.config.patch_size
@@ -411,6 +447,11 @@ def forward(self: MochiDiT, hidden_states, encoder_hidden_states, timestep, enco
     timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(B)
     conditioning, text = self.time_embed(timestep, text, text_mask, hidden_states.dtype)
     silu_conditioning = F.silu(conditioning)  # every modulation reads silu(conditioning): compute it once
+    attend = None  # None: each block's own attention (joint_attention)
+    if sp_size() > 1:
+        hidden_states, frame_offset, attend = _sequence_parallel(hidden_states, p, text_mask.shape[1], num_frames, frame_offset)
+    elif num_frames not in (None, T):
+        raise ValueError(f"num_frames={num_frames}: without sequence parallelism it must be None or the {T} frames of hidden_states")
     x = self.patch_embed(hidden_states)
     positions = rope_positions(T, H // p, W // p, frame_offset, device=x.device)
     rotation = rope_rotation(self.pos_frequencies, positions)  # once per forward, shared by all blocks
@@ -418,7 +459,8 @@ def forward(self: MochiDiT, hidden_states, encoder_hidden_states, timestep, enco
     recompute = self.checkpointed_blocks() if torch.is_grad_enabled() else set()
     for i, block in enumerate(self.transformer_blocks):
         args = (x, text, silu_conditioning, rotation, attn_mask)
-        x, text = checkpoint(block, *args, use_reentrant=False) if i in recompute else block(*args)
+        run = block if attend is None else partial(_block_with_attend, block, attend)
+        x, text = checkpoint(run, *args, use_reentrant=False) if i in recompute else run(*args)
     x = self.proj_out(self.norm_out(x, silu_conditioning))
     out = x.view(B, T, H // p, W // p, p, p, -1).permute(0, 6, 1, 2, 4, 3, 5).reshape(B, -1, T, H, W)
     return DiTOutput(out) if return_dict else (out,)

@@ -1,7 +1,7 @@
 """Worker that tests/test_distributed.py runs under torchrun: `torchrun --nproc_per_node N tests/dist_worker.py CASE ...`.
 
-Every rank builds the same random inputs, runs the sequence-parallel code and checks it against full attention on
-one process. Each passed case prints one line `ok CASE rank=R {json}`; a failed check raises (non-zero exit).
+Every rank builds the same random inputs, runs the sequence-parallel code and checks it against one process: Ulysses
+attention against full attention, and the whole MochiDiT on frame shards against the DiT on the whole video. Each passed case prints one line `ok CASE rank=R {json}`; a failed check raises (non-zero exit).
 """
 import json, os, sys
 from datetime import timedelta
@@ -11,8 +11,10 @@ import torch.distributed as dist
 
 from fastvideo.attention import (all_to_all_heads_to_seq, all_to_all_seq_to_heads, attention, count_all_to_all,
                                  ulysses_all_to_all_bytes, ulysses_attention)
-from fastvideo.distributed import (destroy_distributed, dp_rank, gather, init_distributed, sequence_parallel, shard,
-                                   shard_indices, sp_group, sp_rank, sp_size)
+from fastvideo.config import DiTConfig
+from fastvideo.dit import MochiDiT, joint_attention, randomize_parameters
+from fastvideo.distributed import (broadcast, destroy_distributed, dp_group, dp_rank, gather, init_distributed,
+                                   sequence_parallel, shard, shard_indices, sp_group, sp_rank, sp_size)
 
 FWD_ATOL, GRAD_RTOL = 1e-5, 1e-4
 
@@ -123,6 +125,9 @@ def case_gather_grad(world):
     assert torch.equal(y, full)
     ((y * w).sum() / sp_size()).backward()
     assert torch.allclose(x.grad, shard(w, 1)), (x.grad, shard(w, 1))
+    # broadcast: every rank of the SP group ends up with its first rank's tensor
+    mine = torch.full((2, 3), float(dist.get_rank()))
+    assert torch.equal(broadcast(mine), torch.zeros(2, 3)), mine
     # the public all-to-alls: there and back is the identity, and so is its gradient
     x = torch.randn(2, 4, 3, 5, generator=g).requires_grad_()
     heads = all_to_all_seq_to_heads(x)
@@ -167,7 +172,112 @@ def case_errors(world):
     return dict(errors=[e1[:200], e2[:200]])
 
 
-CASES = dict(equal=case_equal, last_block=case_last_block, gather_grad=case_gather_grad, dp=case_dp, mismatch=case_mismatch, errors=case_errors)
+# ---- MochiDiT under SP: each rank passes its shard of the latent frames and gets its shard of the output ----
+# 4 heads (divisible by 2 and 4), 3 blocks (the last one without text queries), every parameter random, H != W
+DIT_CFG = DiTConfig(num_attention_heads=4, attention_head_dim=8, num_layers=3, pooled_projection_dim=24,
+                    in_channels=12, text_embed_dim=16, time_embed_dim=16, max_sequence_length=8)
+
+
+def dit_inputs(seed, batch, frames, text_tokens, text_lengths, height=4, width=6):
+    "Latents [B, 12, frames, height, width], caption embeddings and mask (prefix masks), timesteps, loss weights."
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, DIT_CFG.in_channels, frames, height, width, generator=g)
+    text = torch.randn(batch, text_tokens, DIT_CFG.text_embed_dim, generator=g)
+    mask = (torch.arange(text_tokens)[None] < torch.tensor(text_lengths)[:, None]).long()
+    timestep = torch.rand(batch, generator=g) * 1000
+    return latents, text, timestep, mask, torch.randn(latents.shape, generator=g)
+
+
+def dit_run(model, latents, text, timestep, mask, weights, sp: bool):
+    "Output, and the gradients of sum(output * weights) for the parameters and the inputs; under SP the ranks' sum."
+    model.zero_grad(set_to_none=True)
+    frames = latents.shape[2]
+    x = (shard(latents, 2) if sp else latents).detach().requires_grad_()
+    text = text.clone().requires_grad_()
+    out = model(x, text, timestep, mask, num_frames=frames if sp else None).sample
+    # the objective is the sum of the ranks' losses on their own frames: shard's zero padding weighs padding frames 0
+    (out * (shard(weights, 2) if sp else weights)).sum().backward()
+    grads = {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+    grads["input:text"] = text.grad.clone()
+    if sp:
+        for g in grads.values(): dist.all_reduce(g, group=sp_group())  # replicated tensors: sum the ranks' shares
+        out = gather(out.detach(), 2, length=frames)
+        grads["input:latents"] = gather(x.grad, 2, length=frames)
+    else: grads["input:latents"] = x.grad
+    return out.detach(), grads
+
+
+def dit_model(seed=0, checkpoint_ratio=0.0):
+    return randomize_parameters(MochiDiT(DIT_CFG, checkpoint_ratio=checkpoint_ratio), seed=seed)
+
+
+def dit_compare(model, inputs):
+    "SP on the current group against one process (SP switched off) on the same model and inputs."
+    with sequence_parallel(None): ref_out, ref_grads = dit_run(model, *inputs, sp=False)
+    out, grads = dit_run(model, *inputs, sp=True)
+    assert all(m.attn1.attend is joint_attention for m in model.transformer_blocks), "attend not restored"
+    report = dict(sp_size=sp_size(), frames=inputs[0].shape[2], text_lengths=inputs[3].sum(1).tolist(),
+                  checkpoint_ratio=model.checkpoint_ratio, out_err=max_abs(out, ref_out),
+                  out_scale=ref_out.abs().max().item(), grad_rel=max(rel(grads[k], ref_grads[k]) for k in ref_grads),
+                  worst_grad=max(ref_grads, key=lambda k: rel(grads[k], ref_grads[k])))
+    return report, grads, ref_grads
+
+
+def case_dit(world):
+    "SP over the whole world: 5 latent frames (divides neither 2 nor 4), prompts of 5 and 0 real tokens."
+    init_distributed(sp_size=world, timeout_s=60)
+    inputs = dit_inputs(20, batch=2, frames=5, text_tokens=7, text_lengths=[5, 0])
+    report, _, _ = dit_compare(dit_model(), inputs)
+    # checkpointed blocks recompute in backward: the recomputation must attend through Ulysses too
+    report_ckpt, _, _ = dit_compare(dit_model(checkpoint_ratio=0.5), inputs)
+    report["ckpt_out_err"], report["ckpt_grad_rel"] = report_ckpt["out_err"], report_ckpt["grad_rel"]
+    # whatever sits in the padding frames (a sampler's leftovers, even NaN) cannot reach the real frames
+    latents, text, timestep, mask, _ = inputs
+    model, padding = dit_model(), shard_indices(latents.shape[2]) >= latents.shape[2]
+    with torch.no_grad():
+        clean = model(shard(latents, 2), text, timestep, mask, num_frames=latents.shape[2]).sample
+        junk = shard(latents, 2).masked_fill(padding[:, None, None], float("nan"))
+        dirty = model(junk, text, timestep, mask, num_frames=latents.shape[2]).sample
+    report["nan_padding_bit_equal"] = torch.equal(gather(clean, 2, length=5), gather(dirty, 2, length=5))
+    assert report["nan_padding_bit_equal"], report
+    for key in ("out_err", "ckpt_out_err"): assert report[key] <= FWD_ATOL, report
+    for key in ("grad_rel", "ckpt_grad_rel"): assert report[key] <= GRAD_RTOL, report
+    return report
+
+
+def case_dit_dp(world):
+    """4 processes, sp_size=2: the SP groups see different batches, frame counts, prompt lengths and text dropout (one
+    group's only prompt dropped: zero text tokens); then the usual DP all-reduce of the gradients."""
+    init_distributed(sp_size=world // 2, timeout_s=60)
+    settings = [dict(seed=30, batch=2, frames=3, text_tokens=6, text_lengths=[6, 2]),
+                dict(seed=31, batch=1, frames=5, text_tokens=8, text_lengths=[0])]
+    first = dp_rank() * sp_size()  # broadcast within each SP group comes from that group's first global rank
+    assert torch.equal(broadcast(torch.full((3,), float(dist.get_rank()))), torch.full((3,), float(first)))
+    model = dit_model(seed=1)
+    report, grads, _ = dit_compare(model, dit_inputs(**settings[dp_rank()]))
+    assert report["out_err"] <= FWD_ATOL and report["grad_rel"] <= GRAD_RTOL, report
+    # data parallel on top: summing over the DP group gives the sum of both groups' single-process gradients
+    for name, p in model.named_parameters(): dist.all_reduce(grads[name], group=dp_group())
+    with sequence_parallel(None):
+        both = [dit_run(model, *dit_inputs(**s), sp=False)[1] for s in settings]
+    report["dp_grad_rel"] = max(rel(grads[n], both[0][n] + both[1][n]) for n, _ in model.named_parameters())
+    assert report["dp_grad_rel"] <= GRAD_RTOL, report
+    return report | dict(dp_rank=dp_rank())
+
+
+def case_dit_mismatch(world):
+    "Ranks of one SP group disagree (prompt length; a wrong num_frames): the same clear error on every rank, no deadlock."
+    init_distributed(sp_size=world, timeout_s=60)
+    model, r = dit_model(), sp_rank()
+    latents, text, timestep, mask, _ = dit_inputs(40, batch=1, frames=2, text_tokens=4 + r, text_lengths=[4 + r])
+    with torch.no_grad():
+        e1 = expect_error(lambda: model(latents, text, timestep, mask), "disagree on text_tokens")
+        e2 = expect_error(lambda: model(latents, text[:, :4], timestep, mask[:, :4], num_frames=2), "num_frames=2: sharded over")
+    return dict(errors=[e1[:200], e2[:200]])
+
+
+CASES = dict(equal=case_equal, last_block=case_last_block, gather_grad=case_gather_grad, dp=case_dp, mismatch=case_mismatch, errors=case_errors,
+             dit=case_dit, dit_dp=case_dit_dp, dit_mismatch=case_dit_mismatch)
 
 if __name__ == "__main__":
     torch.manual_seed(0)

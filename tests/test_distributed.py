@@ -1,4 +1,5 @@
-"""Sequence parallelism on several CPU processes (gloo): Ulysses attention and its gradients equal one process.
+"""Sequence parallelism on several CPU processes (gloo): Ulysses attention and the whole MochiDiT, outputs and
+gradients, equal one process.
 
 Each torchrun start costs a few seconds, so one run per world size executes every case of tests/dist_worker.py and
 the tests below read its report. A deadlock fails the run at the timeout instead of hanging the suite.
@@ -13,7 +14,8 @@ from fastvideo.launch import torchrun
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 TIMEOUT = 120
-CASES = {2: ["equal", "last_block", "gather_grad", "mismatch", "errors"], 4: ["equal", "last_block", "dp", "mismatch", "errors"]}
+CASES = {2: ["equal", "last_block", "gather_grad", "mismatch", "errors", "dit", "dit_mismatch"],
+         4: ["equal", "last_block", "dp", "mismatch", "errors", "dit", "dit_dp", "dit_mismatch"]}
 
 
 def run_worker(world):
@@ -83,6 +85,30 @@ def test_data_parallel_groups_differ_without_deadlock(world):
     for r in reports:
         assert r["vis_err"] <= 1e-5 and r["txt_err"] <= 1e-5 and r["vis_grad_rel"] <= 1e-4 and r["txt_grad_rel"] <= 1e-4, r
         assert r["bytes_fwd"] == r["formula_fwd"], r
+
+
+def test_dit_under_sp_equals_one_process(world):
+    "MochiDiT on frame shards (5 latent frames over 2 or 4 ranks: padding; prompts of 5 and 0 tokens), 3 random blocks."
+    for r in for_all_ranks(world, "dit"):
+        assert r["sp_size"] == world[0] and r["frames"] == 5 and r["text_lengths"] == [5, 0], r
+        assert r["out_err"] <= 1e-5 and r["grad_rel"] <= 1e-4, r
+        assert r["ckpt_out_err"] <= 1e-5 and r["ckpt_grad_rel"] <= 1e-4, r  # checkpointed blocks recompute under SP too
+        assert r["nan_padding_bit_equal"], r  # NaN in the padding frames changes no real output
+
+
+def test_dit_ranks_that_disagree_get_an_error_not_a_deadlock(world):
+    for r in for_all_ranks(world, "dit_mismatch"):
+        assert "MochiDiT: the ranks of the SP group disagree on text_tokens" in r["errors"][0], r
+        assert "num_frames=2: sharded over" in r["errors"][1], r
+
+
+def test_dit_data_parallel_groups_differ_without_deadlock(world):
+    "4 processes, sp_size=2: different batches, frame counts, prompt lengths, one group's only prompt dropped."
+    if world[0] != 4: pytest.skip("run on 4 processes")
+    reports = for_all_ranks(world, "dit_dp")
+    assert {r["frames"] for r in reports} == {3, 5} and {r["dp_rank"] for r in reports} == {0, 1}
+    for r in reports:
+        assert r["out_err"] <= 1e-5 and r["grad_rel"] <= 1e-4 and r["dp_grad_rel"] <= 1e-4, r
 
 
 def test_missing_torchrun_env(monkeypatch):

@@ -121,3 +121,13 @@ def test_batch_without_any_caption_trains(pair):
         if p.grad is None: continue
         # a single key makes the pool's softmax constant: its query grads are ~1e-10 noise in diffusers, 0 here
         assert (p.grad - gb[name].grad).abs().max() <= 1e-4 * gb[name].grad.abs().max() + 1e-8, name
+
+
+def test_num_frames_without_sequence_parallelism(pair):
+    "`num_frames` is the global latent frame count under SP; on one process it must be None or the frames given."
+    ours, _ = pair
+    latents, text, t, mask = inputs()
+    with torch.no_grad():
+        assert torch.equal(ours(latents, text, t, mask, num_frames=3).sample, ours(latents, text, t, mask).sample)
+        with pytest.raises(ValueError, match="num_frames=5: without sequence parallelism it must be None or the 3 frames"):
+            ours(latents, text, t, mask, num_frames=5)
