@@ -273,11 +273,20 @@ def make_dataset(out_dir, n_videos: int = 64, n_images: int = 16, seed: int = 0,
     return merge
 
 # %% ../nbs/01_toy.ipynb #90ba5b76
+def _read_video_av(path) -> tuple:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        return frames, float(stream.average_rate)
+
 def read_video(path) -> tuple:
-    "Frames (T, H, W, 3) uint8 and fps of a video file, read with decord."
+    "Frames (T, H, W, 3) uint8 and fps of a video file, read with decord (PyAV where decord cannot convert the size)."
     import decord
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
-    return vr.get_batch(list(range(len(vr)))).asnumpy(), float(vr.get_avg_fps())
+    try: return vr.get_batch(list(range(len(vr)))).asnumpy(), float(vr.get_avg_fps())
+    except decord.DECORDError as e:  # decord 0.6 rejects some narrow frames (e.g. 48 px wide) in its RGB conversion
+        if "size must exactly match" not in str(e): raise
+        return _read_video_av(path)
 
 def read_media(path) -> np.ndarray:
     "Frames of a video, or a 1-frame clip of an image."
