@@ -1,8 +1,10 @@
 """Forward+backward time of fastvideo's MochiDiT against diffusers' MochiTransformer3DModel, same weights, CPU fp32.
 
-Run: .venv/bin/python bench/dit_bench.py [--repeats 10] [--threads 2]
+Run: .venv/bin/python bench/dit_bench.py [--repeats 10] [--threads 2] [--profile 15]
 Prints the configuration, wall-clock medians (the two models interleaved so background load hits both alike),
 process CPU-time medians (less sensitive to other processes on the machine), their ratios, and FLOPs per forward.
+`--profile N` adds, per model, the N aten ops taking the most self CPU time over one forward+backward
+(torch.profiler, after the timed steps), to see where the time goes.
 """
 import argparse, statistics, time
 from dataclasses import asdict
@@ -16,6 +18,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--repeats", type=int, default=10)  # timed steps per model
 parser.add_argument("--warmup", type=int, default=2)    # untimed steps per model first
 parser.add_argument("--threads", type=int, default=2)   # torch intra-op threads
+parser.add_argument("--profile", type=int, default=0)   # print the top N ops of each model (0: none)
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
@@ -69,3 +72,12 @@ for name in ("ours", "diffusers"):
 ratio = lambda f, d: f(d["diffusers"]) / f(d["ours"])
 print(f"speed-up ours vs diffusers (target >= 1.25x): wall median {ratio(med, wall):.2f}x, wall min {ratio(min, wall):.2f}x, "
       f"cpu median {ratio(med, cpu):.2f}x")
+
+if args.profile:
+    from torch.profiler import profile, ProfilerActivity
+    for name, model in (("ours", ours), ("diffusers", ref)):
+        with profile(activities=[ProfilerActivity.CPU]) as prof: step(model)
+        ops = sorted((e for e in prof.key_averages() if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3
+        print(f"{name} top ops by self CPU time (one step under the profiler, {total:.1f} ms in all): " + ", ".join(
+            f"{e.key[6:]} {e.self_cpu_time_total / 1e3:.1f} ms ({e.count}x)" for e in ops[:args.profile]))
