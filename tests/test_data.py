@@ -1,0 +1,202 @@
+"""The preprocessing stage end to end: shapes, bad input, resume, torchrun, and the shipped toy VAE's quality."""
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastvideo import data, toy
+
+PY = sys.executable
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    "4 clips + 2 images, and a validation prompt file."
+    root = tmp_path_factory.mktemp("toy")
+    merge = toy.make_dataset(root / "d", n_videos=4, n_images=2, seed=3, progress=False)
+    prompts = root / "prompts.txt"
+    prompts.write_text("a red circle moving left\n\na blue square staying still\n")
+    return merge, prompts
+
+
+@pytest.fixture(scope="module")
+def reference(toy_data, tmp_path_factory):
+    "One in-process preprocessing run that other tests compare against."
+    merge, prompts = toy_data
+    out = tmp_path_factory.mktemp("ref") / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as torchrun runs each rank (OMP_NUM_THREADS=1), so summation orders match exactly
+    try: summary = data.preprocess(merge, out, "toy", validation_prompts=prompts, progress=False)
+    finally: torch.set_num_threads(threads)
+    return out, summary
+
+
+def _load(out, rel): return torch.load(Path(out) / rel)
+
+
+def test_preprocess_shapes(reference):
+    out, summary = reference
+    assert summary["items"] == 6 and summary["encoded"] == 6 and summary["failed"] == 0
+    entries = json.loads((out / "videos2caption.json").read_text())
+    assert len(entries) == 6
+    for e in entries:
+        for k in ("latent_path", "prompt_embed_path", "prompt_attention_mask"): assert (out / e[k]).is_file()
+        posterior = _load(out, e["latent_path"])
+        frames = 1 if e["is_image"] else 4  # 19 frames -> (19 - 1) // 6 + 1
+        assert posterior.shape == (2, 12, frames, 8, 14) and e["length"] == frames
+        assert data.sample_latents(posterior).shape == (12, frames, 8, 14)
+        assert (posterior[1] > 0).all()  # the std
+        assert _load(out, e["prompt_embed_path"]).shape == (16, 32)
+        mask = _load(out, e["prompt_attention_mask"])
+        assert mask.dtype == torch.bool and mask.shape == (16,) and mask.sum() == len(e["caption"].split()) + 1
+    val = json.loads((out / "validation" / "prompts.json").read_text())
+    assert [v["caption"] for v in val] == ["a red circle moving left", "a blue square staying still"]
+    assert all((out / v["prompt_embed_path"]).is_file() for v in val)
+    assert json.loads((out / "errors.json").read_text()) == []
+
+
+def _cli_has_preprocess() -> bool:
+    from fastvideo import cli
+    return any(getattr(a, "choices", None) and "preprocess" in a.choices for a in cli.parser()._actions)
+
+
+def test_command_line(toy_data, reference, tmp_path):
+    "The command (the `fastvideo` console script once the CLI registers it, else `python -m fastvideo.data`) writes the same json."
+    merge, _ = toy_data
+    wired = _cli_has_preprocess() and (BIN / "fastvideo").exists()
+    module = [str(BIN / "fastvideo"), "preprocess"] if wired else [PY, "-m", "fastvideo.data"]
+    assert "--data_merge_path" in subprocess.run([*module, "--help"], env=ENV, capture_output=True, text=True, timeout=60).stdout
+    out = tmp_path / "out"
+    r = subprocess.run([*module, "--data_merge_path", str(merge), "--output_dir", str(out), "--model_path", "toy"],
+                       env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "videos2caption.json").read_text()) == json.loads((reference[0] / "videos2caption.json").read_text())
+    bad = subprocess.run([*module, "--data_merge_path", str(merge), "--output_dir", str(tmp_path / "x"),
+                          "--model_path", "toy", "--num_frames", "20"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--num_frames=20 breaks the Mochi VAE rule" in bad.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(num_frames=20), "--num_frames=20 breaks the Mochi VAE rule"),
+    (dict(height=60), "--height=60 is not a positive multiple of 16"),
+    (dict(width=100), "--width=100 is not a positive multiple of 16"),
+])
+def test_bad_flags(toy_data, tmp_path, flags, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        data.preprocess(toy_data[0], tmp_path / "out", "toy", progress=False, **flags)
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+def test_bad_items(toy_data, tmp_path):
+    "Each broken input is reported with the item and field; every good item is still written."
+    media = toy_data[0].parent / "media"
+    src = tmp_path / "src"; src.mkdir()
+    for name in ("video_00000.mp4", "video_00001.mp4", "image_00000.jpg"): shutil.copy(media / name, src / name)
+    (src / "corrupt.mp4").write_bytes((media / "video_00002.mp4").read_bytes()[:400])
+    toy.write_mp4(src / "short.mp4", toy.render(toy.item_spec(9, 0, False, num_frames=7)), fps=8.0)
+    items = [{"path": "video_00000.mp4", "cap": ["a red circle moving left"]},
+             {"path": "image_00000.jpg", "cap": ["a red circle staying still"]},
+             {"path": "corrupt.mp4", "cap": ["x"]},
+             {"path": "missing.mp4", "cap": ["x"]},
+             {"path": "video_00001.mp4"},
+             {"path": "video_00001.mp4", "cap": 5},
+             {"path": "short.mp4", "cap": ["x"]}]
+    (src / "data.json").write_text(json.dumps(items))
+    merge = tmp_path / "merge.txt"
+    merge.write_text("src,src/data.json\nthis line has no comma\nsrc,nowhere.json\n")
+    out = tmp_path / "out"
+    summary = data.preprocess(merge, out, "toy", progress=False)
+    errors = json.loads((out / "errors.json").read_text())
+    got = {(e["item"].split(" (")[0].split("/")[-1], e["field"]) for e in errors}
+    assert got == {("merge.txt:2", "line"), ("merge.txt:3", "json"), ("data.json item 2", "path"),
+                   ("data.json item 3", "path"), ("data.json item 4", "cap"), ("data.json item 5", "cap"),
+                   ("data.json item 6", "path")}, errors
+    reasons = {e["item"].split(" (")[0].split("/")[-1]: e["reason"] for e in errors}
+    assert "cannot read video" in reasons["data.json item 2"] and "corrupt.mp4" in reasons["data.json item 2"]
+    assert "does not exist" in reasons["data.json item 3"]
+    assert "missing" in reasons["data.json item 4"] and "found 5" in reasons["data.json item 5"]
+    assert "clip too short: short.mp4 has 7 frames" in reasons["data.json item 6"]
+    entries = json.loads((out / "videos2caption.json").read_text())
+    assert sorted(Path(e["media_path"]).name for e in entries) == ["image_00000.jpg", "video_00000.mp4"]
+    assert summary["failed"] == 7
+
+
+def test_resume_after_crash(toy_data, reference, tmp_path, monkeypatch):
+    "A run that dies after 3 items, then a rerun: the rerun encodes only the other 3 and rewrites nothing."
+    merge, _ = toy_data
+    out, real, calls = tmp_path / "out", data.encode_item, []
+
+    def dies_after_3(*args, **kwargs):
+        if len(calls) == 3: raise KeyboardInterrupt("killed")
+        calls.append(args[1].key)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "encode_item", dies_after_3)
+    with pytest.raises(KeyboardInterrupt): data.preprocess(merge, out, "toy", progress=False)
+    first = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    assert len(first) == 9 and not (out / "videos2caption.json").exists()
+    (out / "latent" / ".half-written.pt.tmp").write_bytes(b"junk")  # what a kill mid-write leaves: ignored
+
+    again = []
+    monkeypatch.setattr(data, "encode_item", lambda *a, **k: again.append(a[1].key) or real(*a, **k))
+    summary = data.preprocess(merge, out, "toy", progress=False)
+    assert len(again) == 3 and not set(again) & set(calls)
+    assert summary["done_before"] == 3 and summary["encoded"] == 3
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())
+    assert (out / "videos2caption.json").read_text() == (reference[0] / "videos2caption.json").read_text()
+
+
+def test_torchrun_two_processes(toy_data, reference, tmp_path):
+    "2 ranks (gloo) write the same json and the same tensors as 1 process."
+    merge, prompts = toy_data
+    out = tmp_path / "out"
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "fastvideo.data",
+           "--data_merge_path", str(merge), "--output_dir", str(out), "--model_path", "toy", "--validation_prompts", str(prompts)]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = reference[0]
+    entries = json.loads((out / "videos2caption.json").read_text())
+    assert entries == json.loads((ref / "videos2caption.json").read_text())
+    for e in entries:
+        for k in ("latent_path", "prompt_embed_path", "prompt_attention_mask"):
+            # bit-identical: the reference ran with one thread like each rank (2 threads differ by ~1.6e-4)
+            assert torch.equal(_load(out, e[k]), _load(ref, e[k])), k
+    assert (out / "parts" / "rank1-of-2.json").is_file()
+
+
+def test_latent_dataset(reference):
+    out = reference[0]
+    ds = data.LatentDataset(out / "videos2caption.json", text_dropout=0.5, seed=7)
+    twin = data.LatentDataset(out / "videos2caption.json", text_dropout=0.5, seed=7)  # another rank of the SP group
+    drops = [ds.drops_text(i) for i in range(len(ds))]
+    assert drops == [twin.drops_text(i) for i in range(len(ds))] and any(drops) and not all(drops)
+    for i in range(len(ds)):
+        a, b = ds[i], twin[i]
+        assert torch.equal(a["latents"], b["latents"])
+        if drops[i]: assert not a["prompt_attention_mask"].any() and not a["prompt_embeds"].any()
+        else: assert a["prompt_attention_mask"].any()
+    sampler = data.BucketBatchSampler(ds.latent_shapes, batch_size=3, seed=0)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(len(ds)))
+    assert all(len({ds.latent_shapes[i] for i in b}) == 1 for b in batches)
+    batch = data.collate_latents([ds[i] for i in batches[0]])
+    assert batch["latents"].shape[0] == len(batches[0])
+
+
+def test_shipped_toy_vae_quality(tmp_path):
+    "Held-out toy clips (a seed never trained on) through the shipped VAE: PSNR >= 28 dB, scorer >= 95%."
+    from diffusers import AutoencoderKLMochi
+    vae = AutoencoderKLMochi.from_pretrained(toy.model_path(), subfolder="vae").eval()
+    assert (vae.config.latent_channels, vae.spatial_compression_ratio, vae.temporal_compression_ratio) == (12, 8, 6)
+    merge = toy.make_dataset(tmp_path / "held", n_videos=16, n_images=0, seed=424242, progress=False)
+    items = json.loads((merge.parent / "data.json").read_text())
+    clips = [toy.read_media(merge.parent / "media" / it["path"]) for it in items]
+    recon = [data.vae_roundtrip(vae, c) for c in clips]
+    psnr = np.mean([data.psnr(data.resize_crop(r, 64, 112), data.resize_crop(c, 64, 112)) for r, c in zip(recon, clips)])
+    scores = toy.score_many(recon, [it["cap"][0] for it in items])
+    print(f"toy VAE on 16 held-out clips: PSNR {psnr:.2f} dB, scorer {scores}")
+    assert psnr >= 28 and scores["mean"] >= 0.95

@@ -1,0 +1,159 @@
+"""Sampling equals diffusers' MochiPipeline on the toy folder; CFG, seeds, CLI outputs and bad input."""
+import json, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastvideo import sampling, toy
+
+PROMPTS = ["a red circle moving left", "a white square staying still"]
+SIZE = dict(num_frames=13, height=48, width=80)  # 3 latent frames, latent 6x10: small and H != W
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return sampling.load_pipeline("toy")
+
+
+def start_latents(seed=0, batch=2):
+    return sampling.prepare_latents(batch, (12, 3, 6, 10), seed=seed)
+
+
+@pytest.mark.parametrize("scheduler_type, steps, guidance", [("euler", 4, 4.5), ("euler", 3, 1.0)])
+def test_generate_equals_diffusers_pipeline(pipe, scheduler_type, steps, guidance):
+    from diffusers import MochiPipeline
+    ref_pipe = MochiPipeline.from_pretrained(toy.model_path(), torch_dtype=torch.float32)
+    assert ref_pipe.config.force_zeros_for_empty_prompt, "the toy folder must follow the empty-prompt rule"
+    latents = start_latents()
+    ref = ref_pipe(PROMPTS, guidance_scale=guidance, num_inference_steps=steps, latents=latents.clone(),
+                   max_sequence_length=pipe.max_sequence_length, output_type="np", **SIZE).frames
+    ours = sampling.generate("toy", PROMPTS, num_inference_steps=steps, guidance_scale=guidance,
+                             scheduler_type=scheduler_type, latents=latents.clone(), pipeline=pipe, progress=False, **SIZE)
+    assert ours.shape == ref.shape == (2, 13, 48, 80, 3)
+    assert np.abs(ours - ref).max() <= 1e-4, np.abs(ours - ref).max()
+
+
+def test_guidance_one_equals_conditional_path(pipe):
+    latents = start_latents(1)
+    plain = sampling.generate("toy", PROMPTS, guidance_scale=1.0, num_inference_steps=3, latents=latents.clone(),
+                              output_type="latent", pipeline=pipe, progress=False, **SIZE)
+    # the batched (negative ; positive) path, combined with g = 1, must give the conditional prediction
+    embeds, mask = sampling.encode(pipe, PROMPTS, guidance=True)
+    schedule = sampling.make_schedule("euler", 3)
+    forced = sampling.denoise(pipe.transformer, latents.clone(), embeds, mask, schedule, 1.0, force_guidance=True,
+                              progress=False)
+    # equal up to fp32 rounding: a batch of 4 runs other CPU kernels than a batch of 2, and u + (c - u) rounds
+    assert torch.allclose(plain, forced, atol=2e-5, rtol=0), (plain - forced).abs().max()
+    assert not torch.allclose(plain, sampling.denoise(pipe.transformer, latents.clone(), embeds, mask, schedule, 3.0,
+                                                      progress=False), atol=1e-2), "guidance 3 must differ"
+
+
+
+def test_fixed_seed_gives_identical_videos(pipe):
+    kw = dict(num_inference_steps=2, scheduler_type="pcm_linear_quadratic", pipeline=pipe, progress=False, **SIZE)
+    a = sampling.generate("toy", PROMPTS[0], seed=5, **kw)
+    b = sampling.generate("toy", PROMPTS[0], seed=5, **kw)
+    c = sampling.generate("toy", PROMPTS[0], seed=6, **kw)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def fastvideo(*args):
+    return subprocess.run([str(Path(sys.executable).parent / "fastvideo"), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_writes_videos_sheet_settings_and_resumes(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n\n")
+    out = tmp_path / "out"
+    args = ["sample", "--model_path", "toy", "--prompt_path", str(prompts), "--num_frames", "7", "--height", "32",
+            "--width", "48", "--num_inference_steps", "2", "--scheduler_type", "pcm_linear_quadratic",
+            "--output_path", str(out)]
+    res = fastvideo(*args)
+    assert res.returncode == 0, res.stderr
+    videos = sorted(out.glob("*.mp4"))
+    assert [v.name for v in videos] == ["000_a_red_circle_moving_left.mp4", "001_a_white_square_staying_still.mp4"]
+    frames = toy.read_media(videos[0])
+    assert frames.shape == (7, 32, 48, 3)
+    assert (out / "contact_sheet.png").stat().st_size > 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["prompts"] == PROMPTS and settings["num_inference_steps"] == 2
+    assert "sample" in res.stderr  # the progress bar
+    stamps = [v.stat().st_mtime_ns for v in videos]
+    res = fastvideo(*args)
+    assert res.returncode == 0 and "2 of 2 videos exist" in res.stdout
+    assert stamps == [v.stat().st_mtime_ns for v in videos], "existing videos must not be rewritten"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(height=60), "--height=60 is not a positive multiple of 16"),
+    (dict(width=100), "--width=100 is not a positive multiple of 16"),
+    (dict(num_frames=20), "--num_frames=20 breaks the Mochi VAE rule"),
+    (dict(scheduler_type="ddim"), "unknown scheduler_type 'ddim'"),
+])
+def test_bad_settings_fail_before_loading(kwargs, message, monkeypatch):
+    monkeypatch.setattr(sampling, "load_pipeline", lambda *a, **k: pytest.fail("loaded models before checking"))
+    with pytest.raises(ValueError, match=message):
+        sampling.generate("toy", PROMPTS[0], **kwargs)
+
+
+def test_bad_model_folder_and_prompt_file(tmp_path):
+    (tmp_path / "m" / "vae").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="missing transformer/, text_encoder/, tokenizer/, scheduler/"):
+        sampling.check_model_folder(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        sampling.check_model_folder(tmp_path / "nothing")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(ValueError, match="holds no prompt"):
+        sampling.read_prompts(prompt_path=empty)
+    res = fastvideo("sample", "--prompt_path", str(empty), "--output_path", str(tmp_path / "o"))
+    assert res.returncode == 2 and "holds no prompt" in res.stderr and str(empty) in res.stderr
+    res = fastvideo("sample", "--prompt", "x", "--scheduler_type", "ddim")
+    assert res.returncode == 2 and "invalid choice: 'ddim'" in res.stderr
+
+
+SP_WORKER = """
+import sys, numpy as np, torch
+from fastvideo import sampling
+from fastvideo.distributed import init_distributed, destroy_distributed, is_main
+init_distributed(int(sys.argv[2]))
+try:
+    latents = sampling.prepare_latents(2, (12, 3, 6, 10), seed=0)
+    frames = sampling.generate("toy", %r, num_inference_steps=3, guidance_scale=4.5, latents=latents,
+                               progress=False, num_frames=13, height=48, width=80)
+    if is_main(): np.save(sys.argv[1], frames)
+finally:
+    destroy_distributed()
+""" % (PROMPTS,)
+
+
+def torchrun(nproc, *args, timeout=240):
+    exe = Path(sys.executable).parent / "torchrun"
+    return subprocess.run([str(exe), "--standalone", f"--nproc_per_node={nproc}", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("nproc", [2, 4])
+def test_generate_under_sequence_parallel_equals_one_process(pipe, tmp_path, nproc):
+    script = tmp_path / "worker.py"
+    script.write_text(SP_WORKER)
+    res = torchrun(nproc, str(script), str(tmp_path / "sp.npy"), str(nproc))
+    assert res.returncode == 0, res.stderr[-3000:]
+    sp = np.load(tmp_path / "sp.npy")
+    one = sampling.generate("toy", PROMPTS, num_inference_steps=3, guidance_scale=4.5,
+                            latents=sampling.prepare_latents(2, (12, 3, 6, 10), seed=0), pipeline=pipe,
+                            progress=False, num_frames=13, height=48, width=80)
+    assert sp.shape == one.shape and np.abs(sp - one).max() <= 1e-4, np.abs(sp - one).max()
+
+
+def test_cli_sample_on_two_processes(tmp_path):
+    out = tmp_path / "out"
+    res = torchrun(2, "--no-python", str(Path(sys.executable).parent / "fastvideo"), "sample", "--sp_size", "2",
+                   "--prompt", PROMPTS[0], "--num_frames", "7", "--height", "32", "--width", "64",
+                   "--num_inference_steps", "2", "--output_path", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [p.name for p in out.glob("*.mp4")] == ["000_a_red_circle_moving_left.mp4"]
+    assert json.loads((out / "settings.json").read_text())["world_size"] == 2
