@@ -200,3 +200,26 @@ def test_shipped_toy_vae_quality(tmp_path):
     scores = toy.score_many(recon, [it["cap"][0] for it in items])
     print(f"toy VAE on 16 held-out clips: PSNR {psnr:.2f} dB, scorer {scores}")
     assert psnr >= 28 and scores["mean"] >= 0.95
+
+
+def test_sigkill_half_way_then_rerun_finishes_without_redoing(tmp_path):
+    "A real kill (SIGKILL, no cleanup) part-way through a run; the rerun encodes only what was not finished."
+    import signal, time
+    merge = toy.make_dataset(tmp_path / "d", n_videos=40, n_images=0, seed=5, progress=False)
+    out = tmp_path / "out"
+    cmd = [PY, "-m", "fastvideo.data", "--data_merge_path", str(merge), "--output_dir", str(out), "--model_path", "toy"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "meta").glob("*.json"))) < 5: time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL); proc.wait(timeout=30)
+    done = {p.name: p.stat().st_mtime_ns for p in (out / "meta").glob("*.json")}
+    assert 5 <= len(done) < 40, f"the kill should land part-way, found {len(done)} finished items"
+    assert not (out / "videos2caption.json").exists()
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"({40 - len(done)} encoded now, {len(done)} done before)" in r.stderr
+    assert all((out / "meta" / n).stat().st_mtime_ns == t for n, t in done.items()), "a finished item was redone"
+    entries = json.loads((out / "videos2caption.json").read_text())
+    assert len(entries) == 40 and all((out / e["latent_path"]).is_file() for e in entries)
+    for e in entries:  # nothing half-written is listed (a kill can leave a hidden temp file, never a listed one)
+        for k in ("latent_path", "prompt_embed_path", "prompt_attention_mask"): torch.load(out / e[k])
