@@ -67,3 +67,19 @@ def test_parameters():
     assert [parse_parameter(v) for v in ["3", "0.5", "True", "None", "x1"]] == [3, 0.5, True, None, "x1"]
     with pytest.raises(ValueError, match="-p stpes: not in the parameters cell"):
         launch(ROOT / "nbs/runs/sp_check.ipynb", 2, {"stpes": 1})
+
+
+def test_every_parameters_cell_parses_completely(caplog):
+    "papermill drops a line it cannot parse with only a log message; then `-p NAME` would be refused as unknown."
+    import glob, json, logging
+    from fastvideo.launch import notebook_parameters
+    root = Path(__file__).parent.parent / "nbs"
+    notebooks = [nb for nb in glob.glob(str(root / "**/*.ipynb"), recursive=True)
+                 if any("parameters" in c.get("metadata", {}).get("tags", []) for c in json.load(open(nb))["cells"])]
+    assert notebooks, "no run notebook found"
+    for nb in notebooks:
+        cell = next(c for c in json.load(open(nb))["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        names = [l.split(":")[0].split("=")[0].strip() for l in "".join(cell["source"]).splitlines()
+                 if l.strip() and not l.lstrip().startswith("#")]
+        with caplog.at_level(logging.WARNING):
+            assert list(notebook_parameters(nb)) == names, nb
