@@ -98,7 +98,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:  # mistakes the user can fix
         print(f"fastvideo {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -570,6 +570,7 @@ def save_pretrained(self: MochiDiT, path, max_shard_size: int = 10 * 2**30):
     "Write config.json and safetensors weights (sharded with an index above `max_shard_size` bytes) to `path`."
     from safetensors.torch import save_file
     folder = Path(path); folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("diffusion_pytorch_model*.safetensors*"): old.unlink()  # a stale index would win on load
     config = {"_class_name": "MochiTransformer3DModel", "_diffusers_version": _diffusers_version(), **asdict(self.config)}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     shards, size = [{}], 0

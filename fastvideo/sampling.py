@@ -21,7 +21,7 @@ from .schedulers import SCHEDULER_TYPES, Schedule, euler_step, make_schedule
 
 # %% auto #0
 __all__ = ['PIPELINE_PARTS', 'check_model_folder', 'Pipeline', 'add_toy_transformer', 'read_prompts', 'encode', 'prepare_latents',
-           'denoise', 'decode', 'to_uint8', 'load_pipeline', 'generate', 'slug', 'sample', 'add_sample']
+           'denoise', 'decode', 'to_uint8', 'load_pipeline', 'latent_shape', 'generate', 'slug', 'sample', 'add_sample']
 
 # %% ../nbs/06_sampling.ipynb #0345f7c7
 PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -158,6 +158,12 @@ def load_pipeline(model_path, torch_dtype=torch.float32, device="cpu", vae_tilin
     if key not in _PIPELINES: _PIPELINES[key] = Pipeline.from_pretrained(root, torch_dtype, device, vae_tiling)
     return _PIPELINES[key]
 
+def latent_shape(pipe: Pipeline, num_frames: int, height: int, width: int) -> tuple:
+    "(channels, latent frames, latent height, latent width) the pipeline's DiT and VAE use for a clip of this size."
+    vae = preset("mochi-10b").vae  # Mochi's VAE compression: 8x in space, 6x in time; the DiT sets the channels
+    return (pipe.transformer.config.in_channels, vae.latent_frames(num_frames),
+            height // vae.spatial_compression, width // vae.spatial_compression)
+
 def _default_video(model_path):
     return preset("toy" if str(model_path) == "toy" else "mochi-10b").video
 
@@ -177,8 +183,7 @@ def generate(model_path, prompt, negative_prompt=None, num_frames: int | None = 
                              linear_threshold=linear_threshold, linear_range=linear_range, shift=shift)
     prompts = read_prompts(prompt)
     pipe = pipeline or load_pipeline(model_path, torch_dtype, device, vae_tiling)
-    channels = pipe.transformer.config.in_channels if hasattr(pipe.transformer, "config") else 12
-    shape = (channels, (num_frames - 1) // 6 + 1, height // 8, width // 8)
+    shape = latent_shape(pipe, num_frames, height, width)
     if latents is None: latents = prepare_latents(len(prompts), shape, seed, pipe.device, pipe.dtype)
     elif tuple(latents.shape) != (len(prompts), *shape):
         raise ValueError(f"latents: expected shape {(len(prompts), *shape)} for these settings, got {tuple(latents.shape)}")
@@ -204,11 +209,11 @@ def sample(model_path, prompt=None, prompt_path=None, output_path="outputs/sampl
     """Generate a video per prompt into `output_path` (mp4s, contact_sheet.png, settings.json); returns the mp4 paths.
     Under torchrun, `sp_size` ranks share each video (sequence parallel) and the SP groups share out the prompts."""
     settings = {k: v for k, v in locals().items() if k not in ("overwrite",)}
-    if "WORLD_SIZE" in os.environ or sp_size > 1:
-        init_distributed(sp_size)
-        try: return _sample(settings, overwrite)
-        finally: destroy_distributed()
-    return _sample(settings, overwrite)
+    if torch.distributed.is_initialized() or ("WORLD_SIZE" not in os.environ and sp_size == 1):
+        return _sample(settings, overwrite)  # single process, or a caller (a launched notebook) owns the groups
+    init_distributed(sp_size, timeout_s=12 * 3600)  # SP groups get unequal work (resumed videos, uneven prompt split)
+    try: return _sample(settings, overwrite)
+    finally: destroy_distributed()
 
 def _sample(settings: dict, overwrite: bool) -> list:
     s = dict(settings); s.pop("sp_size")
@@ -234,8 +239,7 @@ def _sample(settings: dict, overwrite: bool) -> list:
     for start in tqdm(range(0, len(todo), batch_size), desc="sample", unit="batch", disable=not todo or not is_main()):
         batch = todo[start:start + batch_size]
         # each prompt gets its own noise (seed + index), so batching, resuming and process counts change no video
-        latents = torch.cat([prepare_latents(1, (12, (num_frames - 1) // 6 + 1, height // 8, width // 8), seed + i)
-                             for i in batch])
+        latents = torch.cat([prepare_latents(1, latent_shape(pipe, num_frames, height, width), seed + i) for i in batch])
         frames = generate(model_path, [prompts[i] for i in batch], s["negative_prompt"], num_frames, height, width,
                           num_inference_steps, s["guidance_scale"], scheduler_type, latents=latents, pipeline=pipe,
                           progress=False, **schedule_args)

