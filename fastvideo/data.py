@@ -163,7 +163,12 @@ def load_clip(item: MediaItem, num_frames: int, height: int, width: int, train_f
         raise DataError(item.where, "path", f"clip too short: {item.path.name} has {n_frames} frames at {fps:g} fps; "
                         f"--num_frames={num_frames} at --train_fps={train_fps or fps:g} needs {need}")
     try: frames = reader.get_batch(indices).asnumpy()
-    except Exception as e: raise DataError(item.where, "path", f"cannot decode frames of {item.path}: {_first_line(e)}")
+    except Exception as e:
+        if not (isinstance(e, decord.DECORDError) and "size must exactly match" in str(e)):
+            raise DataError(item.where, "path", f"cannot decode frames of {item.path}: {_first_line(e)}")
+        # decord 0.6 rejects some narrow frames (e.g. 48 px wide) in its RGB conversion: read them with toy's PyAV reader
+        try: frames = toy._read_video_av(item.path)[0][indices]
+        except Exception as e: raise DataError(item.where, "path", f"cannot decode frames of {item.path} (decord, then PyAV): {_first_line(e)}")
     return resize_crop(frames, height, width)
 
 # %% ../nbs/02_data.ipynb #a4673d20
@@ -252,8 +257,8 @@ def encode_prompts(text_encoder, tokenizer, prompts, max_sequence_length: int) -
     mask = tokens.attention_mask.bool()
     device = text_encoder.device
     embeds = text_encoder(tokens.input_ids.to(device), attention_mask=mask.to(device))[0].float().cpu()
-    blank = torch.tensor([not p.strip() for p in prompts])
-    embeds[blank], mask[blank] = 0.0, False
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip(): embeds[i], mask[i] = empty_prompt(max_sequence_length, embeds.shape[-1])
     return embeds, mask
 
 # %% ../nbs/02_data.ipynb #7eb67801
@@ -264,8 +269,7 @@ def _save_new(path: Path, obj):
     try:
         if isinstance(obj, torch.Tensor): torch.save(obj.detach().cpu().clone().contiguous(), tmp)
         else: tmp.write_text(json.dumps(obj, indent=1) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; others (a training job, a teammate) must read them
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # toy._atomic_path gave tmp the permissions open() would (0o666 & ~umask)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -320,6 +324,20 @@ def _dist_info() -> tuple:
         return dist.get_rank(), world, True
     return 0, 1, False
 
+def _check_settings(out: Path, settings: dict):
+    "Write `settings` into a new output folder; in a used one raise `ValueError` unless they are the first run's."
+    path = out / "preprocess_settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        differ = [k for k in settings if old.get(k) != settings[k]]
+        if differ:
+            changes = "; ".join(f"--{k} was {old.get(k)}, now {settings[k]}" for k in differ)
+            raise ValueError(f"--output_dir {out} holds latents made with other settings ({changes}); resuming would mix "
+                             f"them. Use a new --output_dir, or rerun with the old settings to resume (see {path})")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    toy.write_text(path, json.dumps(settings, indent=1) + "\n")
+
 def preprocess(data_merge_path, output_dir, model_path, num_frames: int = 19, height: int = 64, width: int = 112,
                train_fps: float | None = None, validation_prompts=None, dtype="float32", vae_tiling: bool = False,
                max_sequence_length: int | None = None, device: str | None = None, progress: bool = True) -> dict:
@@ -328,6 +346,9 @@ def preprocess(data_merge_path, output_dir, model_path, num_frames: int = 19, he
     check_clip_size(num_frames, height, width)
     if train_fps is not None and train_fps <= 0: raise ValueError(f"--train_fps={train_fps} must be positive")
     out = Path(output_dir)
+    root = resolve_model_path(model_path)  # before the settings are written: a mistyped path must not pin them
+    _check_settings(out, {"model_path": "toy" if str(model_path) == "toy" else str(root.resolve()), "num_frames": num_frames,
+                          "height": height, "width": width, "train_fps": None if train_fps is None else float(train_fps)})
     rank, world, own_group = _dist_info()
     try:
         items, errors = read_items(data_merge_path)
@@ -450,8 +471,8 @@ class BucketBatchSampler(torch.utils.data.Sampler):
             batches += [[int(i) for i in idx[s:s + self.batch_size]] for s in range(0, len(idx), self.batch_size)
                         if not self.drop_last or s + self.batch_size <= len(idx)]
         if self.shuffle: batches = [batches[i] for i in rng.permutation(len(batches))]
-        if batches and len(batches) % self.num_replicas:  # repeat a few batches so that every rank steps as often
-            batches += batches[:self.num_replicas - len(batches) % self.num_replicas]
+        if batches and len(batches) % self.num_replicas:  # repeat batches from the start so that every rank steps as often
+            batches += [batches[i % len(batches)] for i in range(self.num_replicas - len(batches) % self.num_replicas)]
         return batches
 
     def __iter__(self): return iter(self._all_batches()[self.rank::self.num_replicas])

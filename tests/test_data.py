@@ -59,16 +59,10 @@ def test_preprocess_shapes(reference):
     assert json.loads((out / "errors.json").read_text()) == []
 
 
-def _cli_has_preprocess() -> bool:
-    from fastvideo import cli
-    return any(getattr(a, "choices", None) and "preprocess" in a.choices for a in cli.parser()._actions)
-
-
 def test_command_line(toy_data, reference, tmp_path):
-    "The command (the `fastvideo` console script once the CLI registers it, else `python -m fastvideo.data`) writes the same json."
+    "The `fastvideo preprocess` console script writes the same json as the in-process run."
     merge, _ = toy_data
-    wired = _cli_has_preprocess() and (BIN / "fastvideo").exists()
-    module = [str(BIN / "fastvideo"), "preprocess"] if wired else [PY, "-m", "fastvideo.data"]
+    module = [str(BIN / "fastvideo"), "preprocess"]
     assert "--data_merge_path" in subprocess.run([*module, "--help"], env=ENV, capture_output=True, text=True, timeout=60).stdout
     out = tmp_path / "out"
     r = subprocess.run([*module, "--data_merge_path", str(merge), "--output_dir", str(out), "--model_path", "toy"],
@@ -223,3 +217,82 @@ def test_sigkill_half_way_then_rerun_finishes_without_redoing(tmp_path):
     assert len(entries) == 40 and all((out / e["latent_path"]).is_file() for e in entries)
     for e in entries:  # nothing half-written is listed (a kill can leave a hidden temp file, never a listed one)
         for k in ("latent_path", "prompt_embed_path", "prompt_attention_mask"): torch.load(out / e[k])
+
+
+@pytest.mark.parametrize("flag, value", [("num_frames", 13), ("height", 32), ("width", 48), ("train_fps", 4.0),
+                                         ("model_path", "other")])
+def test_rerun_with_other_settings_is_refused(toy_data, reference, tmp_path, flag, value):
+    "A rerun into the same --output_dir with different settings raises, naming the flag, and touches nothing."
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)  # a finished run with the default settings ('toy', 19 x 64 x 112, source fps)
+    settings = json.loads((out / "preprocess_settings.json").read_text())
+    assert settings == {"model_path": "toy", "num_frames": 19, "height": 64, "width": 112, "train_fps": None}
+    if value == "other":  # a real model folder: a copy of the toy one
+        value = tmp_path / "model"; shutil.copytree(toy.model_path(), value)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    kwargs = dict(model_path="toy", num_frames=19, height=64, width=112, train_fps=None) | {flag: value}
+    model_path = kwargs.pop("model_path")
+    with pytest.raises(ValueError) as e:
+        data.preprocess(toy_data[0], out, model_path, progress=False, **kwargs)
+    message = str(e.value)
+    assert f"--{flag}" in message and str(settings[flag]) in message and str(value) in message and "--output_dir" in message
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing written, nothing removed
+
+
+def test_rerun_with_same_settings_resumes(toy_data, reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    summary = data.preprocess(toy_data[0], out, "toy", num_frames=19, height=64, width=112, progress=False)
+    assert summary["done_before"] == 6 and summary["encoded"] == 0
+
+
+def test_bad_model_path_does_not_pin_settings(toy_data, tmp_path):
+    "A typo in --model_path fails before the settings are written, so the corrected rerun is not refused."
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError): data.preprocess(toy_data[0], out, tmp_path / "nowhere", progress=False)
+    assert not (out / "preprocess_settings.json").exists()
+
+
+def test_narrow_video_falls_back_to_pyav(tmp_path):
+    "decord 0.6 rejects 48 px wide frames ('size must exactly match'); load_clip reads them with PyAV instead."
+    path = tmp_path / "narrow.mp4"
+    frames = toy.render(toy.item_spec(1, 0, False, num_frames=13, height=32, width=48))
+    toy.write_mp4(path, frames, fps=8.0)
+    clip = data.load_clip(data.MediaItem(path, "x", False, None, "narrow"), 7, 32, 48)
+    assert clip.shape == (3, 7, 32, 48)
+    expected = data.resize_crop(toy._read_video_av(path)[0][:7], 32, 48)
+    assert torch.equal(clip, expected)
+    clip = data.load_clip(data.MediaItem(path, "x", False, None, "narrow"), 4, 32, 48, train_fps=4.0)  # every 2nd frame
+    assert torch.equal(clip, data.resize_crop(toy._read_video_av(path)[0][[0, 2, 4, 6]], 32, 48))
+
+
+@pytest.mark.parametrize("n_items, batch_size, replicas", [(3, 3, 4), (5, 2, 4), (7, 1, 3), (4, 2, 2), (0, 2, 2)])
+def test_bucket_sampler_same_steps_on_every_rank(n_items, batch_size, replicas):
+    "Fewer (or not divisible) batches than ranks: batches repeat from the start so every rank steps equally often."
+    shapes = [(12, 4, 8, 14)] * n_items
+    samplers = [data.BucketBatchSampler(shapes, batch_size, seed=1, num_replicas=replicas, rank=r) for r in range(replicas)]
+    per_rank = [list(s) for s in samplers]
+    counts = [len(b) for b in per_rank]
+    assert len(set(counts)) == 1 and all(len(s) == c for s, c in zip(samplers, counts)), (counts, [len(s) for s in samplers])
+    if n_items: assert counts[0] >= 1 and {i for b in per_rank for batch in b for i in batch} == set(range(n_items))
+
+
+def test_saved_files_follow_the_umask(tmp_path, monkeypatch):
+    "Files get the permissions open() would give (0o666 & ~umask), not a fixed 0o644."
+    monkeypatch.setattr(toy, "_UMASK", 0o027)
+    data._save_new(tmp_path / "a.pt", torch.zeros(2))
+    data._save_new(tmp_path / "b.json", {"x": 1})
+    assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("a.pt", "b.json")] == [0o640, 0o640]
+    assert not list(tmp_path.glob(".*"))  # no temp file left
+
+
+def test_encode_prompts_blank_uses_empty_prompt(monkeypatch):
+    enc = data.load_encoders("toy")
+    calls = []
+    real = data.empty_prompt
+    monkeypatch.setattr(data, "empty_prompt", lambda *a, **k: calls.append(a) or real(*a, **k))
+    embeds, mask = data.encode_prompts(enc.text_encoder, enc.tokenizer, ["a red circle moving left", "  "],
+                                       enc.max_sequence_length)
+    assert calls and not embeds[1].any() and not mask[1].any() and mask[0].any()
+    e0, m0 = data.encode_prompts(enc.text_encoder, enc.tokenizer, ["a red circle moving left"], enc.max_sequence_length)
+    assert torch.equal(embeds[0], e0[0]) and torch.equal(mask[0], m0[0])
