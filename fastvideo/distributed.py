@@ -33,10 +33,11 @@ class ParallelState:
     sp_group: object = None   # None: no process group, every collective is skipped
     dp_group: object = None
     backend: str | None = None
-    owns_process_group: bool = False  # we called init_process_group, so destroy_distributed tears it down
+    owns_process_group: bool = False  # this call of init_process_group created the group: destroy_distributed tears it down
 
 _state = ParallelState()
 _group_stack = []  # groups pushed by `sequence_parallel(...)`; the innermost wins over `_state.sp_group`
+_outer = []  # (state, len(_group_stack)) of the caller, per `init_distributed` not yet destroyed: a nested init restores them
 
 # %% ../nbs/03b_distributed.ipynb #2531d401
 def _torchrun_env(sp_size: int) -> dict | None:
@@ -59,6 +60,7 @@ def init_distributed(sp_size: int = 1, backend: str | None = None, timeout_s: fl
         raise ValueError(f"sp_size must be a positive integer, got {sp_size!r}")
     env = _torchrun_env(sp_size)
     if env is None:
+        _outer.append((_state, len(_group_stack)))
         _state = ParallelState()
         return _state
     rank, world, local_rank = env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]
@@ -67,23 +69,28 @@ def init_distributed(sp_size: int = 1, backend: str | None = None, timeout_s: fl
                          f"choose sp_size among {[d for d in range(1, world + 1) if world % d == 0]}")
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl": torch.cuda.set_device(local_rank)
-    owns = _state.owns_process_group or not dist.is_initialized()
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()  # a group that exists belongs to our caller (a notebook under `fastvideo launch`)
+    if owns:
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
     # new_group is collective: every rank creates every group, in the same order
     sp_groups = [dist.new_group(list(range(s, s + sp_size))) for s in range(0, world, sp_size)]
     dp_groups = [dist.new_group(list(range(r, world, sp_size))) for r in range(sp_size)]
+    _outer.append((_state, len(_group_stack)))
     _state = ParallelState(rank, world, local_rank, sp_size, rank % sp_size, world // sp_size, rank // sp_size,
                            sp_groups[rank // sp_size], dp_groups[rank % sp_size], backend, owns)
     return _state
 
 # %% ../nbs/03b_distributed.ipynb #dc67ad9d
 def destroy_distributed():
-    "Tear down what `init_distributed` created; call it in `finally`."
+    "Undo the latest `init_distributed`: its process group if it created one, its SP state; call it in `finally`."
     global _state
     if dist.is_initialized() and _state.owns_process_group: dist.destroy_process_group()
-    _state = ParallelState()
-    _group_stack.clear()
+    if _outer and not _state.owns_process_group:  # nested: the caller's group, SP state and `sequence_parallel` blocks stay
+        _state, depth = _outer.pop()
+        del _group_stack[depth:]
+    else:
+        _state = ParallelState()
+        _group_stack.clear(); _outer.clear()
 
 # %% ../nbs/03b_distributed.ipynb #931b3293
 def _active_group(group=None):

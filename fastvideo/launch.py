@@ -95,16 +95,26 @@ def _failure(work: Path, returncode: int, notebook: Path, output: Path) -> str:
     return msg + f"\nrank 0's notebook: {output}"
 
 # %% ../nbs/11a_launch.ipynb #f0cdb8c6
+def _fresh_output(notebook: Path, folder=Path("outputs/runs")) -> Path:
+    "`folder/STEM-YYYYmmdd-HHMMSS.ipynb`, with `-2`, `-3`... when a run of the same second has it already."
+    base = f"{notebook.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = folder / f"{base}.ipynb", 1
+    while out.exists(): n += 1; out = folder / f"{base}-{n}.ipynb"
+    return out
+
 def launch(notebook, nproc_per_node: int = 1, parameters: dict | None = None, output=None,
-           timeout: float | None = None, kernel_name: str = "python3") -> Path:
+           timeout: float | None = None, kernel_name: str = "python3", overwrite: bool = False) -> Path:
     "Run `notebook` on `nproc_per_node` processes under torchrun; returns the path of rank 0's executed notebook."
     notebook, parameters = Path(notebook), dict(parameters or {})
     if not notebook.is_file(): raise FileNotFoundError(f"notebook {notebook} does not exist")
     if not isinstance(nproc_per_node, int) or nproc_per_node < 1:
         raise ValueError(f"--nproc_per_node must be a positive integer, got {nproc_per_node!r}")
     _check_parameters(notebook, parameters)
-    output = Path(output) if output else Path("outputs/runs") / notebook.name
+    output = Path(output) if output else _fresh_output(notebook)
     if output.resolve() == notebook.resolve(): raise ValueError(f"--output {output} would overwrite the notebook")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"--output {output} exists (an earlier run's record?); pass --overwrite to replace it "
+                              "or leave out --output for a fresh outputs/runs/NOTEBOOK-TIME.ipynb")
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="fastvideo-launch-") as work:
@@ -119,7 +129,7 @@ def launch(notebook, nproc_per_node: int = 1, parameters: dict | None = None, ou
 def _launch_command(args):
     parameters = {name: parse_parameter(value) for name, value in args.parameters}
     try:
-        launch(args.notebook, args.nproc_per_node, parameters, args.output, timeout=args.timeout)
+        launch(args.notebook, args.nproc_per_node, parameters, args.output, timeout=args.timeout, overwrite=args.overwrite)
     except (LaunchError, TimeoutError) as e:
         print(f"fastvideo launch: error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -130,6 +140,8 @@ def add_launch(sub):
     p.add_argument("--nproc_per_node", type=int, default=1, help="processes (one per GPU)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], dest="parameters", metavar=("NAME", "VALUE"),
                    help="set a parameter; VALUE parses like papermill -p: True/False/None, int, float, else string")
-    p.add_argument("--output", default=None, help="rank 0's executed notebook (default outputs/runs/NOTEBOOK)")
+    p.add_argument("--output", default=None,
+                   help="rank 0's executed notebook (default: a fresh outputs/runs/NOTEBOOK-YYYYmmdd-HHMMSS.ipynb)")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists (refused otherwise)")
     p.add_argument("--timeout", type=float, default=None, help="seconds before every rank is stopped")
     p.set_defaults(func=_launch_command)

@@ -113,7 +113,7 @@ def test_dit_data_parallel_groups_differ_without_deadlock(world):
 
 def test_missing_torchrun_env(monkeypatch):
     for k in TORCHRUN_ENV: monkeypatch.delenv(k, raising=False)
-    with pytest.raises(RuntimeError, match="missing RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT"):
+    with pytest.raises(RuntimeError, match=r"missing RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT\.(.|\n)*torchrun --nproc_per_node N"):
         init_distributed(sp_size=2)
     assert init_distributed(sp_size=1).world_size == 1  # one process without torchrun is fine
 
@@ -123,3 +123,30 @@ def test_world_size_not_divisible(monkeypatch):
         monkeypatch.setenv(k, str(v))
     with pytest.raises(ValueError, match="sp_size=4 must divide the world size WORLD_SIZE=6"):
         init_distributed(sp_size=4)
+
+
+def test_nested_init_keeps_the_callers_process_group(monkeypatch):
+    "A library function's init + destroy inside a launched notebook leaves the notebook's process group alone."
+    import socket
+    import torch.distributed as dist
+    from fastvideo import distributed as fd
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    for k, v in dict(RANK=0, WORLD_SIZE=1, LOCAL_RANK=0, MASTER_ADDR="127.0.0.1", MASTER_PORT=port).items():
+        monkeypatch.setenv(k, str(v))
+    assert not dist.is_initialized()
+    try:
+        outer = fd.init_distributed(backend="gloo")
+        assert outer.owns_process_group and dist.is_initialized()
+        with fd.sequence_parallel(outer.sp_group):
+            inner = fd.init_distributed(backend="gloo")
+            assert not inner.owns_process_group
+            fd.destroy_distributed()  # the library's finally
+            assert dist.is_initialized(), "the inner destroy tore down the caller's process group"
+            assert fd._state is outer and fd.sp_group() is outer.sp_group  # the caller's SP state is back
+        fd.destroy_distributed()  # the caller's
+        assert not dist.is_initialized()
+        assert fd._state == fd.ParallelState()
+    finally:
+        if dist.is_initialized(): dist.destroy_process_group()
+        fd._state = fd.ParallelState(); fd._group_stack.clear(); fd._outer.clear()

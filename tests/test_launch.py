@@ -1,26 +1,20 @@
 """`fastvideo launch`: papermill + torchrun, rank 0's notebook as the record, a failing rank fails the launch."""
-import argparse
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from fastvideo.launch import LaunchError, add_launch, launch, parse_parameter
+from fastvideo import cli as fastvideo_cli
+from fastvideo.launch import LaunchError, _fresh_output, launch, parse_parameter
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
 
 
 def cli(argv):
-    "The `fastvideo` command as the lead's cli registers it, or a parser with only `launch` before that."
-    try:
-        from fastvideo import cli as fastvideo_cli
-        if add_launch in getattr(fastvideo_cli, "SUBCOMMANDS", []): return fastvideo_cli.main(argv)
-    except ImportError: pass
-    parser = argparse.ArgumentParser(prog="fastvideo")
-    add_launch(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    "The `fastvideo` command itself: a `launch` missing from it fails the tests."
+    return fastvideo_cli.main(argv)
 
 
 def small_notebook(path, *cells, parameters="steps = 1  # how many"):
@@ -69,9 +63,9 @@ def test_parameters():
         launch(ROOT / "nbs/runs/sp_check.ipynb", 2, {"stpes": 1})
 
 
-def test_every_parameters_cell_parses_completely(caplog):
+def test_every_parameters_cell_parses_completely():
     "papermill drops a line it cannot parse with only a log message; then `-p NAME` would be refused as unknown."
-    import glob, json, logging
+    import glob, json
     from fastvideo.launch import notebook_parameters
     root = Path(__file__).parent.parent / "nbs"
     notebooks = [nb for nb in glob.glob(str(root / "**/*.ipynb"), recursive=True)
@@ -81,5 +75,49 @@ def test_every_parameters_cell_parses_completely(caplog):
         cell = next(c for c in json.load(open(nb))["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
         names = [l.split(":")[0].split("=")[0].strip() for l in "".join(cell["source"]).splitlines()
                  if l.strip() and not l.lstrip().startswith("#")]
-        with caplog.at_level(logging.WARNING):
-            assert list(notebook_parameters(nb)) == names, nb
+        assert list(notebook_parameters(nb)) == names, nb
+
+
+def test_an_existing_output_is_refused_unless_overwrite(tmp_path, capsys):
+    nb = small_notebook(tmp_path / "small.ipynb", "print('new run', steps)")
+    old = tmp_path / "out.ipynb"
+    old.write_text("an earlier run's record")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        launch(nb, 1, output=old, timeout=TIMEOUT)
+    with pytest.raises(SystemExit) as exit:
+        cli(["launch", str(nb), "--output", str(old), "--timeout", str(TIMEOUT)])
+    assert exit.value.code == 2 and "fastvideo launch: error: --output" in capsys.readouterr().err
+    assert old.read_text() == "an earlier run's record"  # refused before anything ran
+    cli(["launch", str(nb), "--output", str(old), "--overwrite", "-p", "steps", "7", "--timeout", str(TIMEOUT)])
+    assert "new run 7" in "".join(o.get("text", "") for c in nbformat.read(old, 4).cells if c.cell_type == "code"
+                                  for o in c.outputs)
+
+
+def test_default_output_is_fresh(tmp_path, monkeypatch):
+    "Without --output, a run never replaces an earlier one's record."
+    monkeypatch.chdir(tmp_path)
+    nb = small_notebook(tmp_path / "small.ipynb", "print('hi')")
+    earlier = tmp_path / "outputs/runs/small.ipynb"  # where a run used to go
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("earlier")
+    out = launch(nb, 1, timeout=TIMEOUT)
+    assert re.fullmatch(r"small-\d{8}-\d{6}\.ipynb", out.name) and out.parent == Path("outputs/runs"), out
+    assert (tmp_path / out).is_file() and earlier.read_text() == "earlier"
+    monkeypatch.setattr("time.strftime", lambda fmt: "20260101-000000")
+    (tmp_path / "outputs/runs/small-20260101-000000.ipynb").write_text("same second")
+    (tmp_path / "outputs/runs/small-20260101-000000-2.ipynb").write_text("same second")
+    assert _fresh_output(nb) == Path("outputs/runs/small-20260101-000000-3.ipynb")
+
+
+def test_a_library_init_destroy_inside_a_launched_notebook_keeps_its_group(tmp_path):
+    "What `fastvideo.sampling.sample` does (init_distributed + destroy_distributed) leaves the notebook's group alone."
+    nb = small_notebook(tmp_path / "nested.ipynb",
+                        "import torch.distributed as dist\nfrom fastvideo.distributed import init_distributed, destroy_distributed\n"
+                        "state = init_distributed(sp_size=2)",
+                        "init_distributed(sp_size=1)\ntry: dist.barrier()\nfinally: destroy_distributed()",
+                        "assert dist.is_initialized(); dist.barrier()\n"
+                        "from fastvideo.distributed import sp_size; assert sp_size() == 2\nprint('still', dist.get_world_size())",
+                        "destroy_distributed(); assert not dist.is_initialized()")
+    out = launch(nb, 2, output=tmp_path / "nested.out.ipynb", timeout=TIMEOUT)
+    assert "still 2" in "".join(o.get("text", "") for c in nbformat.read(out, 4).cells if c.cell_type == "code"
+                                for o in c.outputs)
