@@ -6,7 +6,6 @@
 from __future__ import annotations
 import argparse, hashlib, io, json, math, os, re, sys, tempfile, time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,11 @@ from tqdm.auto import tqdm
 
 from . import toy
 from .config import preset
+from .distributed import destroy_distributed, init_distributed
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'TOY_VAE_STEPS', 'TOY_VAE_FINAL', 'TOY_VAE_FINETUNE', 'check_clip_size', 'DataError',
-           'read_merge_file', 'MediaItem', 'read_items', 'resize_crop', 'frame_indices', 'load_clip',
+__all__ = ['IMAGE_SUFFIXES', 'ENCODER_PARTS', 'TOY_VAE_STEPS', 'TOY_VAE_FINAL', 'TOY_VAE_FINETUNE', 'check_clip_size',
+           'DataError', 'read_merge_file', 'MediaItem', 'read_items', 'resize_crop', 'frame_indices', 'load_clip',
            'resolve_model_path', 'Encoders', 'load_encoders', 'normalize_latents', 'denormalize_latents',
            'encode_video', 'sample_latents', 'empty_prompt', 'encode_prompts', 'item_files', 'encode_item',
            'encode_validation_prompts', 'preprocess', 'add_preprocess', 'main', 'LatentDataset', 'BucketBatchSampler',
@@ -172,13 +172,19 @@ def load_clip(item: MediaItem, num_frames: int, height: int, width: int, train_f
     return resize_crop(frames, height, width)
 
 # %% ../nbs/02_data.ipynb #a4673d20
-def resolve_model_path(model_path) -> Path:
-    "`'toy'` -> the shipped toy model folder; else the folder, checked to hold `vae/`."
-    path = toy.model_path() if str(model_path) == "toy" else Path(model_path)
-    if not (path / "vae").is_dir():
-        raise FileNotFoundError(f"--model_path {path}: expected a diffusers-format folder with vae/, text_encoder/ and "
-                                f"tokenizer/ subfolders (or 'toy')")
-    return path
+ENCODER_PARTS = ("vae", "text_encoder", "tokenizer")
+
+def resolve_model_path(model_path, parts=ENCODER_PARTS) -> Path:
+    "The folder `model_path` names (`'toy'` is the shipped toy family), checked to hold each of `parts`."
+    root = toy.model_path() if str(model_path) == "toy" else Path(model_path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--model_path {root}: no such folder; expected a diffusers-format Mochi folder "
+                                f"with {', '.join(p + '/' for p in parts)} (or 'toy')")
+    missing = [p + "/" for p in parts if not (root / p).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"--model_path {root}: missing {', '.join(missing)}; a Mochi folder holds "
+                                f"{', '.join(p + '/' for p in parts)}")
+    return root
 
 @dataclass
 class Encoders:
@@ -313,17 +319,6 @@ def encode_validation_prompts(enc: Encoders, prompts_path, output_dir) -> list:
     return entries
 
 # %% ../nbs/02_data.ipynb #72dcd2c3
-def _dist_info() -> tuple:
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size(), False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        # ranks finish their shards at different times; the barrier must outwait the slowest one
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=12))
-        return dist.get_rank(), world, True
-    return 0, 1, False
-
 def _check_settings(out: Path, settings: dict):
     "Write `settings` into a new output folder; in a used one raise `ValueError` unless they are the first run's."
     path = out / "preprocess_settings.json"
@@ -349,7 +344,9 @@ def preprocess(data_merge_path, output_dir, model_path, num_frames: int = 19, he
     root = resolve_model_path(model_path)  # before the settings are written: a mistyped path must not pin them
     _check_settings(out, {"model_path": "toy" if str(model_path) == "toy" else str(root.resolve()), "num_frames": num_frames,
                           "height": height, "width": width, "train_fps": None if train_fps is None else float(train_fps)})
-    rank, world, own_group = _dist_info()
+    # ranks finish their shards at different times: the closing barrier must outwait the slowest one
+    state = init_distributed(1, timeout_s=12 * 3600)  # no torchrun: one process; a caller's group is reused, not owned
+    rank, world = state.rank, state.world_size
     try:
         items, errors = read_items(data_merge_path)
         device = device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
@@ -382,7 +379,7 @@ def preprocess(data_merge_path, output_dir, model_path, num_frames: int = 19, he
         if world > 1: dist.barrier()  # every rank returns once the json exists
         return summary
     finally:
-        if own_group: dist.destroy_process_group()
+        destroy_distributed()
 
 # %% ../nbs/02_data.ipynb #2eb2b491
 def _preprocess_cli(args):

@@ -28,15 +28,7 @@ PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"
 
 def check_model_folder(model_path, parts=PIPELINE_PARTS) -> Path:
     "The folder `model_path` names (`'toy'` is the shipped toy family), checked to hold each of `parts`."
-    root = toy.model_path() if str(model_path) == "toy" else Path(model_path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--model_path {root}: no such folder; expected a diffusers-format Mochi folder "
-                                f"with {', '.join(p + '/' for p in parts)} (or 'toy')")
-    missing = [p + "/" for p in parts if not (root / p).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"--model_path {root}: missing {', '.join(missing)}; a Mochi folder holds "
-                                f"{', '.join(p + '/' for p in parts)}")
-    return root
+    return data.resolve_model_path(model_path, parts)
 
 # %% ../nbs/06_sampling.ipynb #0b19af90
 @dataclass
