@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python bench/dit_bench.py [--repeats 10] [--threads 2] [--profile 15]
 Prints the configuration, wall-clock medians (the two models interleaved so background load hits both alike),
-process CPU-time medians (less sensitive to other processes on the machine), their ratios, and FLOPs per forward.
+process CPU-time medians (less sensitive to other processes on the machine), their ratios, FLOPs per forward and the
+activation memory each model keeps for its backward.
 `--profile N` adds, per model, the N aten ops taking the most self CPU time over one forward+backward
 (torch.profiler, after the timed steps), to see where the time goes.
 """
@@ -56,6 +57,17 @@ for name, model in (("ours", ours), ("diffusers", ref)):
         model(latents, text, timestep, mask)
     flops[name] = counter.get_total_flops()
 
+def saved_mib(model):
+    "MiB of activations autograd keeps for backward in one forward (distinct storages, weights excluded)."
+    weights, kept = {p.untyped_storage().data_ptr() for p in model.parameters()}, {}
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights: kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(latents, text, timestep, mask)
+    return sum(kept.values()) / 2**20
+saved = {name: saved_mib(model) for name, model in (("ours", ours), ("diffusers", ref))}
+
 for model in (ours, ref):
     for _ in range(args.warmup): step(model)
 wall, cpu = {"ours": [], "diffusers": []}, {"ours": [], "diffusers": []}
@@ -68,7 +80,8 @@ for _ in range(args.repeats):
 med = lambda xs: statistics.median(xs) * 1e3
 for name in ("ours", "diffusers"):
     print(f"{name:9s}: wall median {med(wall[name]):7.1f} ms, min {min(wall[name]) * 1e3:7.1f} ms; "
-          f"cpu median {med(cpu[name]):7.1f} ms; forward {flops[name] / 1e9:.3f} GFLOP (matmuls + attention)")
+          f"cpu median {med(cpu[name]):7.1f} ms; forward {flops[name] / 1e9:.3f} GFLOP (matmuls + attention); "
+          f"activations kept for backward {saved[name]:.1f} MiB")
 ratio = lambda f, d: f(d["diffusers"]) / f(d["ours"])
 print(f"speed-up ours vs diffusers (target >= 1.25x): wall median {ratio(med, wall):.2f}x, wall min {ratio(min, wall):.2f}x, "
       f"cpu median {ratio(med, cpu):.2f}x")

@@ -14,10 +14,10 @@ from .config import DiTConfig, preset
 
 # %% auto #0
 __all__ = ['WEIGHTS_NAME', 'INDEX_NAME', 'randomize_parameters', 'PatchEmbed', 'timestep_features', 'TimestepMLP', 'CaptionPool',
-           'TimeCaptionEmbed', 'rms_scale', 'rope_positions', 'rope_rotation', 'apply_rope', 'attention',
+           'TimeCaptionEmbed', 'rms_scale', 'rope_positions', 'rope_angles', 'rope_rotation', 'apply_rope', 'attention',
            'joint_attention', 'modulated', 'gated_residual', 'Modulation', 'LastTextModulation', 'HeadRMSNorm',
-           'SwiGLUProj', 'FeedForward', 'fused_linear', 'JointAttention', 'MochiBlock', 'FinalLayer', 'DiTOutput',
-           'MochiDiT']
+           'norm_rope', 'SwiGLUProj', 'FeedForward', 'fused_linear', 'JointAttention', 'MochiBlock', 'FinalLayer',
+           'DiTOutput', 'MochiDiT']
 
 # %% ../nbs/03_dit.ipynb #3d2c4a55
 @torch.no_grad()
@@ -101,16 +101,29 @@ def _f32(t: torch.Tensor) -> torch.Tensor: return t if t.dtype == torch.float32 
 
 _EPS = {}  # eps -> 0-dim fp32 tensor, so `eps + |x|^2 / D` is a single addcmul
 
+def _inv_rms(xf: torch.Tensor, eps: float) -> torch.Tensor:
+    "1 / sqrt(mean(x^2) + eps) over the last dim (kept), for fp32 x."
+    n = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
+    e = _EPS.get((eps, xf.device))
+    if e is None: e = _EPS[eps, xf.device] = torch.tensor(eps, dtype=torch.float32, device=xf.device)
+    return torch.rsqrt(torch.addcmul(e, n, n, value=1 / xf.shape[-1]))  # not rsqrt_: torch.compile rejects the in-place alias
+
+def _rms_scale_grads(g, xf, r, s, need_s: bool):
+    "Gradients (x, s) of `rms(x) * s` given the output gradient g (fp32), x (fp32) and its inverse RMS r."
+    D, S = xf.shape[-1], (s.shape[0] if s.dim() == 3 else 1)
+    gx = g * xf  # contiguous even when x is a strided view: only it (and r, s) get reshaped to [S, M, D]
+    M = gx.numel() // (S * D)  # explicit, not -1: an empty caption stream has no elements
+    g3, r3 = gx.reshape(S, M, D), r.reshape(S, M, 1)
+    grad_s = torch.bmm(r3.transpose(1, 2), g3).view(s.shape) if need_s else None
+    coef = torch.bmm(g3, s.view(S, D, 1)).mul_(r3.pow(3)).view(r.shape)
+    return torch.addcmul((g * s).mul_(r), xf, coef, value=-1 / D), grad_s
+
 class _RMSScale(torch.autograd.Function):
     "`residual + rms(x) * s` over the last dim in fp32 (residual optional); s is [D] (a weight) or [B, 1, D] (per-sample modulation)."
     @staticmethod
     def forward(ctx, x, s, eps, out_dtype, residual=None):
         xf = _f32(x)
-        D = xf.shape[-1]
-        n = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
-        e = _EPS.get((eps, xf.device))
-        if e is None: e = _EPS[eps, xf.device] = torch.tensor(eps, dtype=torch.float32, device=xf.device)
-        r = torch.rsqrt(torch.addcmul(e, n, n, value=1 / D))  # not rsqrt_: torch.compile rejects the in-place alias here
+        r = _inv_rms(xf, eps)
         ctx.save_for_backward(xf, r, s)
         ctx.x_dtype, ctx.residual = x.dtype, residual is not None
         if residual is not None and residual.dtype == out_dtype == torch.float32:
@@ -122,14 +135,7 @@ class _RMSScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         xf, r, s = ctx.saved_tensors
-        g = _f32(grad)
-        D, S = xf.shape[-1], (s.shape[0] if s.dim() == 3 else 1)
-        gx = g * xf  # contiguous even when x is a strided view: only it (and r, s) get reshaped to [S, M, D]
-        M = gx.numel() // (S * D)  # explicit, not -1: an empty caption stream has no elements
-        g3, r3 = gx.reshape(S, M, D), r.view(S, M, 1)
-        grad_s = torch.bmm(r3.transpose(1, 2), g3).view(s.shape) if ctx.needs_input_grad[1] else None
-        coef = torch.bmm(g3, s.view(S, D, 1)).mul_(r3.pow(3)).view(r.shape)
-        grad_x = torch.addcmul((g * s).mul_(r), xf, coef, value=-1 / D)
+        grad_x, grad_s = _rms_scale_grads(_f32(grad), xf, r, s, ctx.needs_input_grad[1])
         if ctx.x_dtype != torch.float32: grad_x = grad_x.to(ctx.x_dtype)
         return (grad_x, grad_s, None, None) + ((grad,) if ctx.residual else ())
 
@@ -150,38 +156,25 @@ def rope_positions(frames: int, height: int, width: int, frame_offset: int = 0, 
     return torch.stack(torch.meshgrid(t, centers(height), centers(width), indexing="ij"), -1).reshape(-1, 3)
 
 # %% ../nbs/03_dit.ipynb #700ff1f9
-def rope_rotation(pos_frequencies: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    "Unit complex numbers [tokens, heads, head_dim/2]: the rotation of each channel pair of each visual q/k head."
+def rope_angles(pos_frequencies: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    "Angles [tokens, heads, head_dim/2] by which each channel pair of each visual q/k head turns."
     # fp32 even under autocast: angles reach ~100 radians, where bf16 would be off by a fraction of a turn
     with torch.autocast(positions.device.type, enabled=False):
-        angles = torch.einsum("nd,dhf->nhf", positions.float(), pos_frequencies.float())
+        return torch.einsum("nd,dhf->nhf", positions.float(), pos_frequencies.float())
+
+def rope_rotation(pos_frequencies: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    "The same turns as unit complex numbers [tokens, heads, head_dim/2]."
+    angles = rope_angles(pos_frequencies, positions)
     return torch.polar(torch.ones_like(angles), angles)
 
 # %% ../nbs/03_dit.ipynb #ba3d2a56
-class _Rope(torch.autograd.Function):
-    "x [..., tokens, heads, head_dim] (fp32) times the complex `rotation` [tokens, heads, head_dim/2], channel pairs as complex numbers."
-    @staticmethod
-    def forward(ctx, x, rotation):
-        xc = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
-        ctx.save_for_backward(xc, rotation)
-        return torch.view_as_real(xc * rotation).flatten(-2)
-
-    @staticmethod
-    def backward(ctx, grad):
-        xc, rotation = ctx.saved_tensors
-        g = grad.unflatten(-1, (-1, 2))
-        if g.stride(-1) != 1 or any(st % 2 for st in g.stride()[:-1]): g = g.contiguous()
-        gc = torch.view_as_complex(g)  # usually a view: autograd's own backward copies it first
-        grad_x = torch.view_as_real(gc * rotation.conj()).flatten(-2) if ctx.needs_input_grad[0] else None
-        grad_rot = None
-        if ctx.needs_input_grad[1]:  # summed over the batch dims as real numbers (faster than a complex sum)
-            prod, lead = torch.view_as_real(gc * xc.conj()), xc.dim() - rotation.dim()
-            grad_rot = torch.view_as_complex(prod.sum(tuple(range(lead))) if lead else prod)
-        return grad_x, grad_rot
-
 def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     "Rotate channel pairs (0,1), (2,3), ... of x [B, tokens, heads, head_dim] by `rotation`; fp32 out."
-    return _Rope.apply(_f32(x), rotation)
+    return torch.view_as_real(_complex(_f32(x)) * rotation).flatten(-2)
+
+def _complex(x: torch.Tensor) -> torch.Tensor:
+    "Channel pairs (0,1), (2,3), ... of x (fp32, last dim even) as complex numbers: a view."
+    return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
 
 # %% ../nbs/03_dit.ipynb #ed3b01fb
 def _flash_usable(q: torch.Tensor) -> bool:
@@ -256,6 +249,51 @@ class HeadRMSNorm(nn.Module):
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
     def forward(self, x): return rms_scale(x, self.weight, self.eps, torch.float32)
 
+# %% ../nbs/03_dit.ipynb #da9b384a
+class _NormRope(torch.autograd.Function):
+    "[rope(rms(x) * w); rms(x_txt) * w_txt] along tokens, in fp32, returned in `dtype`; x [B, N, heads, head_dim], x_txt [B, L, heads, head_dim] or None."
+    @staticmethod
+    def forward(ctx, x, w, x_txt, w_txt, angles, rotation, eps, dtype):
+        B, N, H, D = x.shape
+        L = 0 if x_txt is None else x_txt.shape[1]
+        out = x.new_empty(B, N + L, H, D, dtype=dtype)
+        xf = _f32(x)
+        r = _inv_rms(xf, eps)
+        if dtype == torch.float32: torch.mul(_complex((xf * r).mul_(w)), rotation, out=_complex(out[:, :N]))
+        else: out[:, :N] = torch.view_as_real(_complex((xf * r).mul_(w)) * rotation).flatten(-2)
+        saved = [xf, r, w, rotation, out]
+        if L:
+            tf = _f32(x_txt)
+            rt = _inv_rms(tf, eps)
+            torch.mul(tf * rt, w_txt, out=out[:, N:])
+            saved += [tf, rt, w_txt]
+        ctx.save_for_backward(*saved)
+        ctx.N, ctx.dtypes = N, (x.dtype, None if x_txt is None else x_txt.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        xf, r, w, rotation, out, *text = ctx.saved_tensors
+        N, g = ctx.N, _f32(grad)
+        g_vis = g[:, :N]
+        grad_angles = None
+        if ctx.needs_input_grad[4]:  # Im(g * conj(y)) = g_im * y_re - g_re * y_im, summed over the batch
+            gp, yp = g_vis.unflatten(-1, (-1, 2)), _f32(out[:, :N]).unflatten(-1, (-1, 2))
+            grad_angles = (gp[..., 1] * yp[..., 0]).sub_(gp[..., 0] * yp[..., 1]).sum(0)
+        g_normed = torch.view_as_real(_complex(g_vis) * rotation.conj()).flatten(-2)
+        grad_x, grad_w = _rms_scale_grads(g_normed, xf, r, w, ctx.needs_input_grad[1])
+        grad_xt = grad_wt = None
+        if text:
+            tf, rt, w_txt = text
+            grad_xt, grad_wt = _rms_scale_grads(g[:, N:], tf, rt, w_txt, ctx.needs_input_grad[3])
+            grad_xt = grad_xt.to(ctx.dtypes[1])
+        return grad_x.to(ctx.dtypes[0]), grad_w, grad_xt, grad_wt, grad_angles, None, None, None
+
+def norm_rope(x, norm, x_txt, norm_txt, angles, rotation, dtype):
+    "Joint q or k [B, N + L, heads, head_dim]: visual x normed by `norm` (a HeadRMSNorm) and rotated, text x_txt (or None) normed by `norm_txt`."
+    w_txt = None if x_txt is None else _f32(norm_txt.weight)
+    return _NormRope.apply(x, _f32(norm.weight), x_txt, w_txt, angles, rotation, norm.eps, dtype)
+
 # %% ../nbs/03_dit.ipynb #d52e242d
 class SwiGLUProj(nn.Module):
     "x -> value * silu(gate), both from one stored weight [2*hidden, dim]."
@@ -299,23 +337,22 @@ class JointAttention(nn.Module):
         if not last: self.to_add_out = nn.Linear(inner, text_dim)
         self.attend = joint_attention
 
-    def _heads(self, y, dtype, norm=None, rotation=None):
-        "[B, tokens, heads*head_dim] -> [B, heads, tokens, head_dim], normed and rotated in fp32 when asked."
-        y = y.unflatten(-1, (self.heads, -1))
-        if norm is None: return y.transpose(1, 2)
-        y = norm(y)
-        if rotation is not None: y = apply_rope(y, rotation)
-        return (y if y.dtype == dtype else y.to(dtype)).transpose(1, 2)
-
-    def forward(self, x, text, rotation, text_mask):
-        dt = x.dtype
-        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)  # three matmuls: see above why not one
-        q, k, v = self._heads(q, dt, self.norm_q, rotation), self._heads(k, dt, self.norm_k, rotation), self._heads(v, dt)
+    def forward(self, x, text, rope, text_mask):
+        "rope: (angles, rotation) of the visual tokens; text_mask [B, L] or None (all real)."
+        dt, N, heads = x.dtype, x.shape[1], lambda y: y.unflatten(-1, (self.heads, -1))
+        q, k, v = heads(self.to_q(x)), heads(self.to_k(x)), heads(self.to_v(x))  # three matmuls: see above why not one
         # the last block's text asks no questions: its add_q_proj is never run
         k_txt, v_txt, *q_txt = fused_linear(text, [self.add_k_proj, self.add_v_proj] + ([] if self.last else [self.add_q_proj]))
-        k_txt, v_txt = self._heads(k_txt, dt, self.norm_added_k), self._heads(v_txt, dt)
-        q_txt = self._heads(q_txt[0], dt, self.norm_added_q) if q_txt else None
-        out_vis, out_txt = self.attend(q, k, v, q_txt, k_txt, v_txt, text_mask)
+        q_txt = heads(q_txt[0]) if q_txt else None
+        q = norm_rope(q, self.norm_q, q_txt, self.norm_added_q, *rope, dt)
+        k = norm_rope(k, self.norm_k, heads(k_txt), self.norm_added_k, *rope, dt)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), torch.cat([v, heads(v_txt).to(dt)], 1).transpose(1, 2)
+        if self.attend is joint_attention:  # the tensors are joint already: attend at once
+            out = attention(q, k, v, None if text_mask is None else F.pad(text_mask, (N, 0), value=True))
+            out_vis, out_txt = (out, None) if q_txt is None else out.split([N, q.shape[2] - N], dim=2)
+        else:
+            q_txt = None if q_txt is None else q[:, :, N:]
+            out_vis, out_txt = self.attend(q[:, :, :N], k[:, :, :N], v[:, :, :N], q_txt, k[:, :, N:], v[:, :, N:], text_mask)
         out_vis = self.to_out[0](out_vis.transpose(1, 2).flatten(2))
         return out_vis, None if out_txt is None else self.to_add_out(out_txt.transpose(1, 2).flatten(2))
 
@@ -332,11 +369,11 @@ class MochiBlock(nn.Module):
         self.ff = FeedForward(dim, 4 * dim * 2 // 3)
         if not last: self.ff_context = FeedForward(text_dim, 4 * text_dim * 2 // 3)
 
-    def forward(self, x, text, silu_conditioning, rotation, text_mask):
+    def forward(self, x, text, silu_conditioning, rope, text_mask):
         eps = self.eps
         scale_attn, gate_attn, scale_ff, gate_ff = self.norm1(silu_conditioning)
         text_mod = self.norm1_context(silu_conditioning)
-        out_vis, out_txt = self.attn1(modulated(x, scale_attn, eps), modulated(text, text_mod[0], eps), rotation, text_mask)
+        out_vis, out_txt = self.attn1(modulated(x, scale_attn, eps), modulated(text, text_mod[0], eps), rope, text_mask)
         x = gated_residual(x, out_vis, gate_attn, eps)
         x = gated_residual(x, self.ff(modulated(x, scale_ff, eps)), gate_ff, eps)
         if self.last: return x, text
@@ -487,11 +524,12 @@ def forward(self: MochiDiT, hidden_states, encoder_hidden_states, timestep, enco
         raise ValueError(f"num_frames={num_frames}: without sequence parallelism it must be None or the {T} frames of hidden_states")
     x = self.patch_embed(hidden_states)
     positions = rope_positions(T, H // p, W // p, frame_offset, device=x.device)
-    rotation = rope_rotation(self.pos_frequencies, positions)  # once per forward, shared by all blocks
+    angles = rope_angles(self.pos_frequencies, positions)
+    rope = (angles, torch.polar(torch.ones_like(angles), angles.detach()))  # once per forward, shared by all blocks
     attn_mask = None if text_mask.all() else text_mask
     recompute = self.checkpointed_blocks() if torch.is_grad_enabled() else set()
     for i, block in enumerate(self.transformer_blocks):
-        args = (x, text, silu_conditioning, rotation, attn_mask)
+        args = (x, text, silu_conditioning, rope, attn_mask)
         run = block if attend is None else partial(_block_with_attend, block, attend)
         x, text = checkpoint(run, *args, use_reentrant=False) if i in recompute else run(*args)
     x = self.proj_out(self.norm_out(x, silu_conditioning))
