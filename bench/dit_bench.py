@@ -1,6 +1,8 @@
 """Forward+backward time of fastvideo's MochiDiT against diffusers' MochiTransformer3DModel, same weights, CPU fp32.
 
 Run: .venv/bin/python bench/dit_bench.py [--repeats 10] [--threads 2] [--profile 15]
+The defaults are the issue's mid-size config; `--layers`, `--latent`, `--text_tokens` and `--text_lengths` change it
+(e.g. `--text_tokens 256`: captions padded the way MochiPipeline pads them).
 Prints the configuration, wall-clock medians (the two models interleaved so background load hits both alike),
 process CPU-time medians (less sensitive to other processes on the machine), their ratios, FLOPs per forward and the
 activation memory each model keeps for its backward.
@@ -20,14 +22,23 @@ parser.add_argument("--repeats", type=int, default=10)  # timed steps per model
 parser.add_argument("--warmup", type=int, default=2)    # untimed steps per model first
 parser.add_argument("--threads", type=int, default=2)   # torch intra-op threads
 parser.add_argument("--profile", type=int, default=0)   # print the top N ops of each model (0: none)
+parser.add_argument("--layers", type=int, default=4)    # transformer blocks
+parser.add_argument("--latent", default="3x16x28")      # latent frames x height x width
+parser.add_argument("--text_tokens", type=int, default=64)          # caption length the batch is padded to (MochiPipeline: 256)
+parser.add_argument("--text_lengths", default="40,17")  # real caption tokens per sample; their count is the batch size
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
 
 # mid-size: 4 blocks of 8 heads x 32, text stream 128 wide, T5 stand-in 256 wide
-cfg = DiTConfig(num_attention_heads=8, attention_head_dim=32, num_layers=4, pooled_projection_dim=128,
-                text_embed_dim=256, time_embed_dim=256, max_sequence_length=64)
-batch, frames, height, width, text_tokens, text_lengths = 2, 3, 16, 28, 64, [40, 17]
+cfg = DiTConfig(num_attention_heads=8, attention_head_dim=32, num_layers=args.layers, pooled_projection_dim=128,
+                text_embed_dim=256, time_embed_dim=256, max_sequence_length=args.text_tokens)
+try: frames, height, width = (int(n) for n in args.latent.split("x"))
+except ValueError: parser.error(f"--latent {args.latent!r}: expected FRAMESxHEIGHTxWIDTH, e.g. 3x16x28")
+try: text_tokens, text_lengths = args.text_tokens, [int(n) for n in args.text_lengths.split(",")]
+except ValueError: parser.error(f"--text_lengths {args.text_lengths!r}: expected comma-separated counts, e.g. 40,17")
+batch = len(text_lengths)
+if max(text_lengths) > text_tokens: parser.error(f"--text_lengths {args.text_lengths}: longer than --text_tokens {text_tokens}")
 
 ref = randomize_parameters(MochiTransformer3DModel(**asdict(cfg)))
 ours = MochiDiT(cfg)
@@ -36,7 +47,7 @@ latents = torch.randn(batch, cfg.in_channels, frames, height, width)
 text = torch.randn(batch, text_tokens, cfg.text_embed_dim)
 mask = torch.zeros(batch, text_tokens, dtype=torch.long)
 for i, n in enumerate(text_lengths): mask[i, :n] = 1
-timestep = torch.tensor([300.0, 700.0])
+timestep = torch.linspace(300.0, 700.0, batch)
 
 def step(model):
     model.zero_grad(set_to_none=True)
