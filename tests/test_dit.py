@@ -144,3 +144,15 @@ def test_save_over_a_sharded_save_replaces_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     loaded = MochiDiT.from_pretrained(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), second.state_dict().values()))
+
+def test_gpu_block_bench_runs_on_cpu():
+    "The prepared GPU check (bench/dit_gpu_block.py) must not rot between GPU sessions: its CPU smoke run works and agrees."
+    import re, subprocess, sys
+    from pathlib import Path
+    script = Path(__file__).parents[1] / "bench" / "dit_gpu_block.py"
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--tiny", "--repeats", "1", "--warmup", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    err = float(re.search(r"\(outputs\): ([0-9.e+-]+)", done.stdout).group(1))
+    assert err < 1e-5, done.stdout
+    assert "forward+backward: ours" in done.stdout and "speed-up" in done.stdout, done.stdout
