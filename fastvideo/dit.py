@@ -275,6 +275,7 @@ class _NormRope(torch.autograd.Function):
     def backward(ctx, grad):
         xf, r, w, rotation, out, *text = ctx.saved_tensors
         N, g = ctx.N, _f32(grad)
+        if g.stride(-1) != 1 or any(st % 2 for st in g.stride()[:-1]): g = g.contiguous()  # e.g. expanded: no complex view
         g_vis = g[:, :N]
         grad_angles = None
         if ctx.needs_input_grad[4]:  # Im(g * conj(y)) = g_im * y_re - g_re * y_im, summed over the batch
