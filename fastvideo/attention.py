@@ -67,23 +67,19 @@ def _all_to_all(packed, group):
     return received
 
 # %% ../nbs/04_attention.ipynb #d7061adc
-class _SeqToHeads(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _unpack_seq_to_heads(_all_to_all(_pack_seq_to_heads(x, dist.get_world_size(group)), group))
-    @staticmethod
-    def backward(ctx, grad):
-        return _unpack_heads_to_seq(_all_to_all(_pack_heads_to_seq(grad, dist.get_world_size(ctx.group)), ctx.group)), None
+def _exchange(x, group, to_heads: bool):
+    "All-to-all from sequence shards to head shards (to_heads) or back."
+    pack, unpack = (_pack_seq_to_heads, _unpack_seq_to_heads) if to_heads else (_pack_heads_to_seq, _unpack_heads_to_seq)
+    return unpack(_all_to_all(pack(x, dist.get_world_size(group)), group))
 
-class _HeadsToSeq(torch.autograd.Function):
+class _AllToAll(torch.autograd.Function):
+    "`_exchange` under autograd: the backward of one direction is the other direction."
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _unpack_heads_to_seq(_all_to_all(_pack_heads_to_seq(x, dist.get_world_size(group)), group))
+    def forward(ctx, x, group, to_heads):
+        ctx.group, ctx.to_heads = group, to_heads
+        return _exchange(x, group, to_heads)
     @staticmethod
-    def backward(ctx, grad):
-        return _unpack_seq_to_heads(_all_to_all(_pack_seq_to_heads(grad, dist.get_world_size(ctx.group)), ctx.group)), None
+    def backward(ctx, grad): return _exchange(grad, ctx.group, not ctx.to_heads), None, None
 
 def _check_heads(heads, n, what):
     if heads % n:
@@ -95,14 +91,14 @@ def all_to_all_seq_to_heads(x, group=None):
     n = sp_size(group)
     if n == 1: return x
     _check_heads(x.shape[1], n, "all_to_all_seq_to_heads")
-    return _SeqToHeads.apply(x, _active_group(group))
+    return _AllToAll.apply(x, _active_group(group), True)
 
 def all_to_all_heads_to_seq(x, group=None):
     "[B, H/P, P*L_local, D] head-sharded -> [B, H, L_local, D] sequence-sharded."
     n = sp_size(group)
     if n == 1: return x
     if x.shape[2] % n: raise ValueError(f"all_to_all_heads_to_seq: tokens={x.shape[2]} is not divisible by sp_size={n}")
-    return _HeadsToSeq.apply(x, _active_group(group))
+    return _AllToAll.apply(x, _active_group(group), False)
 
 # %% ../nbs/04_attention.ipynb #c8512abc
 def _joint_mask(vis_valid, txt_mask, B, N, T, device):
@@ -127,7 +123,7 @@ def ulysses_attention(vis_q, vis_k, vis_v, txt_q, txt_k, txt_v, vis_valid=None, 
         if check:  # one tiny all_gather; turns a would-be deadlock into the same error on every rank
             _check_same_across(group, "ulysses_attention", vis_q.device, batch=B, heads=H, local_tokens=L,
                                head_dim=D, text_tokens=T, text_queries=txt_q is not None)
-        q, k, v = (_SeqToHeads.apply(t, group) for t in (vis_q, vis_k, vis_v))  # [B, H/n, n*L, D]
+        q, k, v = (_AllToAll.apply(t, group, True) for t in (vis_q, vis_k, vis_v))  # [B, H/n, n*L, D]
         r, N = sp_rank(group), n * L
         heads = slice(r * (H // n), (r + 1) * (H // n))  # this rank's heads of the replicated text
         if vis_valid is not None and vis_valid.shape[-1] == L:
@@ -137,7 +133,7 @@ def ulysses_attention(vis_q, vis_k, vis_v, txt_q, txt_k, txt_v, vis_valid=None, 
                     torch.cat([k, txt_k[:, heads]], 2), torch.cat([v, txt_v[:, heads]], 2), mask)
     vis_out, txt_out = out[:, :, :N], (None if txt_q is None else out[:, :, N:])
     if n == 1: return vis_out, txt_out
-    vis_out = _HeadsToSeq.apply(vis_out.contiguous(), group)
+    vis_out = _AllToAll.apply(vis_out.contiguous(), group, False)
     return vis_out, None if txt_out is None else gather(txt_out.contiguous(), 1, group=group)
 
 # %% ../nbs/04_attention.ipynb #c5074c98
