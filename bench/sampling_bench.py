@@ -19,7 +19,8 @@ ref = MochiPipeline.from_pretrained(toy.model_path(), torch_dtype=torch.float32)
 ref.set_progress_bar_config(disable=True)
 size = dict(num_frames=19, height=64, width=112)
 prompt = "a red circle moving left"
-latents = sampling.prepare_latents(1, (12, 4, 8, 14), seed=0)
+shape = sampling.latent_shape(ours, **size)
+latents = sampling.prepare_latents(1, shape, seed=0)
 
 def run_ours(steps, kind="euler"):
     return sampling.generate("toy", prompt, num_inference_steps=steps, scheduler_type=kind, guidance_scale=4.5,
@@ -41,7 +42,7 @@ for _ in range(args.repeats):  # interleaved so load on the machine hits both al
 med = {k: {n: statistics.median(v) for n, v in d.items()} for k, d in times.items()}
 per_step = {k: (m[args.steps] - m[2]) / (args.steps - 2) for k, m in med.items()}
 print(f"config: toy folder, 1 prompt, {size['num_frames']}x{size['height']}x{size['width']} px "
-      f"(latent 12x4x8x14), CFG 4.5 (batch 2 per DiT call), fp32, {args.threads} threads, "
+      f"(latent {'x'.join(map(str, shape))}), CFG 4.5 (batch 2 per DiT call), fp32, {args.threads} threads, "
       f"{platform.machine()}, median of {args.repeats}")
 for k in ("ours", "diffusers"):
     print(f"{k:9s}: {per_step[k] * 1e3:7.2f} ms/step   ({args.steps} steps: {med[k][args.steps]:.3f} s end to end)")

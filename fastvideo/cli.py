@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse, json, sys, time
 from pathlib import Path
 
-import numpy as np
 
 from . import toy
 from .data import add_preprocess

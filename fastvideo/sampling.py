@@ -66,7 +66,6 @@ def add_toy_transformer(path=None, seed: int = 0, overwrite: bool = False) -> Pa
     root = Path(path) if path else toy.model_path()
     if (root / "transformer").exists() and not overwrite:
         raise FileExistsError(f"{root / 'transformer'} exists; pass overwrite=True to replace it")
-    torch.manual_seed(seed)
     model = randomize_parameters(MochiDiT.from_config("toy"), seed)
     model.save_pretrained(root / "transformer")
     (root / "scheduler").mkdir(exist_ok=True)
@@ -144,7 +143,8 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 _PIPELINES: dict = {}
 
 def load_pipeline(model_path, torch_dtype=torch.float32, device="cpu", vae_tiling=False) -> Pipeline:
-    "A cached `Pipeline.from_pretrained`: repeated `generate` calls load the models once."
+    "A cached `Pipeline.from_pretrained`: repeated `generate` calls load the models once; `torch_dtype` may be a name ('bfloat16')."
+    if isinstance(torch_dtype, str): torch_dtype = getattr(torch, torch_dtype)
     root = check_model_folder(model_path)
     key = (str(root.resolve()), str(torch_dtype), str(device), vae_tiling)
     if key not in _PIPELINES: _PIPELINES[key] = Pipeline.from_pretrained(root, torch_dtype, device, vae_tiling)
@@ -159,6 +159,13 @@ def latent_shape(pipe: Pipeline, num_frames: int, height: int, width: int) -> tu
 def _default_video(model_path):
     return preset("toy" if str(model_path) == "toy" else "mochi-10b").video
 
+def _clip_and_schedule(model_path, num_frames, height, width, scheduler_type, num_inference_steps, **schedule_args):
+    "Clip size (the preset's where not given), checked, and the sigma schedule; fails before any model loads."
+    video = _default_video(model_path)
+    num_frames, height, width = num_frames or video.num_frames, height or video.height, width or video.width
+    data.check_clip_size(num_frames, height, width)
+    return num_frames, height, width, make_schedule(scheduler_type, num_inference_steps, **schedule_args)
+
 # %% ../nbs/06_sampling.ipynb #d212cef4
 def generate(model_path, prompt, negative_prompt=None, num_frames: int | None = None, height: int | None = None,
              width: int | None = None, num_inference_steps: int = 64, guidance_scale: float = 4.5,
@@ -167,12 +174,10 @@ def generate(model_path, prompt, negative_prompt=None, num_frames: int | None = 
              num_euler_timesteps: int = 50, shift: float = 1.0, pipeline: Pipeline | None = None,
              torch_dtype=torch.float32, device="cpu", vae_tiling: bool = False, progress: bool = True):
     "Videos for `prompt` (str or list): float frames (B, T, H, W, 3) in [0, 1] for `'np'`, DiT latents for `'latent'`."
-    video = _default_video(model_path)
-    num_frames, height, width = num_frames or video.num_frames, height or video.height, width or video.width
-    data.check_clip_size(num_frames, height, width)
+    num_frames, height, width, schedule = _clip_and_schedule(
+        model_path, num_frames, height, width, scheduler_type, num_inference_steps, num_euler_timesteps=num_euler_timesteps,
+        linear_threshold=linear_threshold, linear_range=linear_range, shift=shift)
     if output_type not in ("np", "latent"): raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
-    schedule = make_schedule(scheduler_type, num_inference_steps, num_euler_timesteps=num_euler_timesteps,
-                             linear_threshold=linear_threshold, linear_range=linear_range, shift=shift)
     prompts = read_prompts(prompt)
     pipe = pipeline or load_pipeline(model_path, torch_dtype, device, vae_tiling)
     shape = latent_shape(pipe, num_frames, height, width)
@@ -214,29 +219,28 @@ def _sample(settings: dict, overwrite: bool) -> list:
     scheduler_type, num_inference_steps, batch_size = s["scheduler_type"], s["num_inference_steps"], s["batch_size"]
     schedule_args = {k: s[k] for k in ("linear_threshold", "linear_range", "num_euler_timesteps", "shift")}
     prompts = read_prompts(prompt, prompt_path)
-    video = _default_video(model_path)
-    num_frames, height, width = num_frames or video.num_frames, height or video.height, width or video.width
-    data.check_clip_size(num_frames, height, width)
-    make_schedule(scheduler_type, num_inference_steps, **schedule_args)  # fail before loading
+    num_frames, height, width, _ = _clip_and_schedule(model_path, num_frames, height, width, scheduler_type,
+                                                      num_inference_steps, **schedule_args)  # fail before loading
     check_model_folder(model_path)
     out = Path(output_path); out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{i:03d}_{slug(p)}.mp4" for i, p in enumerate(prompts)]
     todo = [i for i, p in enumerate(paths) if (overwrite or not p.exists()) and i % dp_size() == dp_rank()]
     if is_main() and any(p.exists() for p in paths) and not overwrite:
         print(f"[sample] {sum(p.exists() for p in paths)} of {len(paths)} videos exist; keeping them")
-    dtype = getattr(torch, s["torch_dtype"]) if isinstance(s["torch_dtype"], str) else s["torch_dtype"]
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    pipe = load_pipeline(model_path, dtype, device, s["vae_tiling"]) if todo else None
-    started, writer = time.time(), sp_rank() == 0  # one rank of each SP group writes its group's videos
+    pipe = load_pipeline(model_path, s["torch_dtype"], device, s["vae_tiling"]) if todo else None
+    shape = latent_shape(pipe, num_frames, height, width) if todo else None
+    fps = s["fps"] or _default_video(model_path).fps
+    started, writer = time.time(), sp_rank() == 0  # one rank of each SP group writes (and so decodes) its group's videos
     for start in tqdm(range(0, len(todo), batch_size), desc="sample", unit="batch", disable=not todo or not is_main()):
         batch = todo[start:start + batch_size]
         # each prompt gets its own noise (seed + index), so batching, resuming and process counts change no video
-        latents = torch.cat([prepare_latents(1, latent_shape(pipe, num_frames, height, width), seed + i) for i in batch])
+        latents = torch.cat([prepare_latents(1, shape, seed + i) for i in batch])
         frames = generate(model_path, [prompts[i] for i in batch], s["negative_prompt"], num_frames, height, width,
                           num_inference_steps, s["guidance_scale"], scheduler_type, latents=latents, pipeline=pipe,
-                          progress=False, **schedule_args)
+                          output_type="np" if writer else "latent", progress=False, **schedule_args)
         if writer:
-            for i, f in zip(batch, frames): toy.write_mp4(paths[i], to_uint8(f), s["fps"] or _default_video(model_path).fps)
+            for i, f in zip(batch, frames): toy.write_mp4(paths[i], to_uint8(f), fps)
     if torch.distributed.is_initialized(): torch.distributed.barrier()
     if is_main():
         fig = toy.frame_grid([toy.read_media(p) for p in paths], prompts)

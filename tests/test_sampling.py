@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastvideo import sampling, toy
+from fastvideo import launch, sampling, toy
 
 PROMPTS = ["a red circle moving left", "a white square staying still"]
 SIZE = dict(num_frames=13, height=48, width=80)  # 3 latent frames, latent 6x10: small and H != W
@@ -130,10 +130,8 @@ finally:
 """ % (PROMPTS,)
 
 
-def torchrun(nproc, *args, timeout=240):
-    exe = Path(sys.executable).parent / "torchrun"
-    return subprocess.run([str(exe), "--standalone", f"--nproc_per_node={nproc}", *args], capture_output=True,
-                          text=True, timeout=timeout)
+def torchrun(nproc, *args):
+    return launch.torchrun(list(args), nproc_per_node=nproc, timeout=240, capture=True)  # stderr into stdout
 
 
 @pytest.mark.parametrize("nproc", [2, 4])
@@ -141,7 +139,7 @@ def test_generate_under_sequence_parallel_equals_one_process(pipe, tmp_path, npr
     script = tmp_path / "worker.py"
     script.write_text(SP_WORKER)
     res = torchrun(nproc, str(script), str(tmp_path / "sp.npy"), str(nproc))
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, res.stdout[-3000:]
     sp = np.load(tmp_path / "sp.npy")
     one = sampling.generate("toy", PROMPTS, num_inference_steps=3, guidance_scale=4.5,
                             latents=sampling.prepare_latents(2, (12, 3, 6, 10), seed=0), pipeline=pipe,
@@ -154,7 +152,7 @@ def test_cli_sample_on_two_processes(tmp_path):
             "--num_inference_steps", "2"]
     res = torchrun(2, "--no-python", str(Path(sys.executable).parent / "fastvideo"), *args, "--sp_size", "2",
                    "--output_path", str(tmp_path / "sp"))
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, res.stdout[-3000:]
     assert [p.name for p in (tmp_path / "sp").glob("*.mp4")] == ["000_a_red_circle_moving_left.mp4"]
     assert json.loads((tmp_path / "sp" / "settings.json").read_text())["world_size"] == 2
     assert fastvideo(*args, "--output_path", str(tmp_path / "one")).returncode == 0
@@ -174,3 +172,9 @@ def test_sample_leaves_a_callers_process_group_alone(tmp_path, monkeypatch):
         assert dist.is_initialized(), "sample() destroyed the caller's process group"
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
+
+
+def test_torch_dtype_by_name():
+    "`torch_dtype` as `fastvideo sample` passes it (a name) loads the same cached pipeline as the dtype itself."
+    pipe = sampling.load_pipeline("toy", "bfloat16")
+    assert pipe.dtype == torch.bfloat16 and pipe is sampling.load_pipeline("toy", torch.bfloat16)
