@@ -55,12 +55,15 @@ def test_frame_offset_positions_are_global():
 def test_checkpointing_in_train_mode_matches(pair):
     ours, _ = pair
     latents, text, t, mask = inputs()
-    results = []
+    results, calls, block = [], [], ours.transformer_blocks[0]
+    block.forward = lambda *a, _f=block.forward: calls.append(1) or _f(*a)  # counts recomputation too (hooks do not)
     for ratio in (0.0, 0.5, 1.0):
         ours.zero_grad(set_to_none=True); ours.checkpoint_ratio = ratio
+        calls.clear()
         ours(latents, text, t, mask).sample.sum().backward()
+        assert len(calls) == (1 if ratio == 0 else 2), (ratio, len(calls))  # a checkpointed block 0 runs again in backward
         results.append({n: p.grad.clone() for n, p in ours.named_parameters() if p.grad is not None})
-    ours.checkpoint_ratio = 0.0
+    del block.forward; ours.checkpoint_ratio = 0.0
     for r in results[1:]:
         assert r.keys() == results[0].keys() and all(torch.equal(r[k], results[0][k]) for k in r)
 
