@@ -150,3 +150,15 @@ def test_nested_init_keeps_the_callers_process_group(monkeypatch):
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
         fd._state = fd.ParallelState(); fd._group_stack.clear(); fd._outer.clear()
+
+
+def test_nested_all_to_all_counters(monkeypatch):
+    "An inner count_all_to_all block must not take the outer counter with it when their counts are equal."
+    import torch
+    from fastvideo import attention
+    monkeypatch.setattr(attention.dist, "all_to_all_single", lambda out, inp, group=None: out.copy_(inp))
+    with attention.count_all_to_all() as total:
+        with attention.count_all_to_all() as inner:
+            attention._all_to_all(torch.zeros(2, 3), None)
+        attention._all_to_all(torch.zeros(2, 3), None)
+    assert (total.calls, inner.calls) == (2, 1) and attention._counters == []
