@@ -8,7 +8,6 @@ every toy mp4 with decord and with PyAV (each with its default threading), plus 
 import argparse, json, platform, tempfile, time
 from pathlib import Path
 
-import av
 import decord
 import numpy as np
 import torch
@@ -21,9 +20,7 @@ def decode_decord(path):
     return reader.get_batch(list(range(len(reader)))).asnumpy()
 
 
-def decode_pyav(path):
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+def decode_pyav(path): return toy._read_video_av(path)[0]
 
 
 def best_time(fn, repeats):

@@ -2,7 +2,6 @@
 Run: .venv/bin/python bench/toy_bench.py [--n 200]"""
 import argparse, json, os, platform, tempfile, time
 from pathlib import Path
-import torch
 from fastvideo import toy
 
 p = argparse.ArgumentParser(); p.add_argument("--n", type=int, default=200); args = p.parse_args()

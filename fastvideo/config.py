@@ -4,8 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #3b4b3c74
 from __future__ import annotations
-from dataclasses import dataclass, field, asdict, replace
-import json
+from dataclasses import dataclass, field, asdict
 
 # %% auto #0
 __all__ = ['DiTConfig', 'VAEConfig', 'TextEncoderConfig', 'VideoConfig', 'Preset', 'preset', 'preset_names']

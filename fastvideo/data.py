@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_data.ipynb #22428b31
 from __future__ import annotations
-import argparse, hashlib, io, json, math, os, re, sys, tempfile, time
+import argparse, hashlib, io, json, math, re, sys, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,16 +159,11 @@ def load_clip(item: MediaItem, num_frames: int, height: int, width: int, train_f
     if not fps: raise DataError(item.where, "fps", f"{item.path} gives no frame rate and the json has none")
     indices = frame_indices(n_frames, fps, num_frames, train_fps)
     if not indices:
-        need = math.floor((num_frames - 1) * (fps / train_fps if train_fps else 1) + 1e-6) + 1
+        need = frame_indices(sys.maxsize, fps, num_frames, train_fps)[-1] + 1
         raise DataError(item.where, "path", f"clip too short: {item.path.name} has {n_frames} frames at {fps:g} fps; "
                         f"--num_frames={num_frames} at --train_fps={train_fps or fps:g} needs {need}")
-    try: frames = reader.get_batch(indices).asnumpy()
-    except Exception as e:
-        if not (isinstance(e, decord.DECORDError) and "size must exactly match" in str(e)):
-            raise DataError(item.where, "path", f"cannot decode frames of {item.path}: {_first_line(e)}")
-        # decord 0.6 rejects some narrow frames (e.g. 48 px wide) in its RGB conversion: read them with toy's PyAV reader
-        try: frames = toy._read_video_av(item.path)[0][indices]
-        except Exception as e: raise DataError(item.where, "path", f"cannot decode frames of {item.path} (decord, then PyAV): {_first_line(e)}")
+    try: frames = toy._decord_frames(reader, item.path, indices)  # PyAV where decord cannot convert the frame size
+    except Exception as e: raise DataError(item.where, "path", f"cannot decode frames of {item.path}: {_first_line(e)}")
     return resize_crop(frames, height, width)
 
 # %% ../nbs/02_data.ipynb #a4673d20
@@ -196,8 +191,8 @@ class Encoders:
 
 def _max_sequence_length(root: Path, tokenizer) -> int:
     config = root / "transformer" / "config.json"
-    if config.is_file() and "max_sequence_length" in json.loads(config.read_text()):
-        return int(json.loads(config.read_text())["max_sequence_length"])
+    transformer = json.loads(config.read_text()) if config.is_file() else {}
+    if "max_sequence_length" in transformer: return int(transformer["max_sequence_length"])
     limit = getattr(tokenizer, "model_max_length", None)
     return int(limit) if limit and limit < 100_000 else 256  # huge: the tokenizer sets no limit; Mochi's is 256
 
@@ -271,13 +266,8 @@ def encode_prompts(text_encoder, tokenizer, prompts, max_sequence_length: int) -
 def _save_new(path: Path, obj):
     "Write `obj` (a tensor via torch.save, else json) to `path` atomically, unless the file exists."
     if path.exists(): return
-    tmp = toy._atomic_path(path)
-    try:
-        if isinstance(obj, torch.Tensor): torch.save(obj.detach().cpu().clone().contiguous(), tmp)
-        else: tmp.write_text(json.dumps(obj, indent=1) + "\n")
-        os.replace(tmp, path)  # toy._atomic_path gave tmp the permissions open() would (0o666 & ~umask)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if not isinstance(obj, torch.Tensor): return toy.write_text(path, json.dumps(obj, indent=1) + "\n")
+    with toy._atomic_write(path) as tmp: torch.save(obj.detach().cpu().clone().contiguous(), tmp)
 
 def item_files(output_dir, key: str) -> dict:
     "The files one item writes, by kind."
@@ -340,6 +330,8 @@ def preprocess(data_merge_path, output_dir, model_path, num_frames: int = 19, he
     import torch.distributed as dist
     check_clip_size(num_frames, height, width)
     if train_fps is not None and train_fps <= 0: raise ValueError(f"--train_fps={train_fps} must be positive")
+    if validation_prompts and not Path(validation_prompts).is_file():  # before hours of encoding, not after
+        raise FileNotFoundError(f"--validation_prompts {validation_prompts} does not exist")
     out = Path(output_dir)
     root = resolve_model_path(model_path)  # before the settings are written: a mistyped path must not pin them
     _check_settings(out, {"model_path": "toy" if str(model_path) == "toy" else str(root.resolve()), "num_frames": num_frames,
@@ -350,7 +342,7 @@ def preprocess(data_merge_path, output_dir, model_path, num_frames: int = 19, he
     try:
         items, errors = read_items(data_merge_path)
         device = device or (f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
-        enc = load_encoders(model_path, dtype=dtype, device=device, vae_tiling=vae_tiling, max_sequence_length=max_sequence_length)
+        enc = load_encoders(root, dtype=dtype, device=device, vae_tiling=vae_tiling, max_sequence_length=max_sequence_length)
         mine = items[rank::world]
         todo = [it for it in mine if not item_files(out, it.key)["meta"].exists()]
         my_errors = []

@@ -5,7 +5,8 @@
 # %% ../nbs/01_toy.ipynb #1db5ebf9
 from __future__ import annotations
 import io, json, os, re, shutil, tempfile
-from dataclasses import dataclass, asdict
+from contextlib import contextmanager
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -40,8 +41,7 @@ def parse_caption(caption: str) -> dict:
     "The attributes a caption names; raises `ValueError` for a caption outside the grammar."
     m = _CAPTION.fullmatch(caption.strip()) if isinstance(caption, str) else None
     attrs = m and dict(color=m[1], shape=m[2], motion=m[3] or m[4])
-    if not attrs or attrs["color"] not in COLORS or attrs["shape"] not in SHAPES or attrs["motion"] not in MOTIONS[:4] + ("still",) \
-            or (m[3] == "still"):
+    if not attrs or attrs["color"] not in COLORS or attrs["shape"] not in SHAPES or attrs["motion"] not in MOTIONS or m[3] == "still":
         raise ValueError(f"caption {caption!r} is outside the toy grammar; expected 'a <color> <shape> moving "
                          f"<left|right|up|down>' or 'a <color> <shape> staying still' with color in {list(COLORS)} "
                          f"and shape in {list(SHAPES)}")
@@ -152,14 +152,18 @@ def _find_object(frame: np.ndarray):
 def _nearest(table: dict, value) -> str:
     return min(table, key=lambda k: float(np.sum((np.asarray(table[k], float) - value) ** 2)))
 
+def _fill(mask: np.ndarray) -> float:
+    "Share of the mask's bounding box the mask covers."
+    ys, xs = np.nonzero(mask)
+    return mask.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+
 def _predict(frames: np.ndarray) -> dict | None:
     masks = [_find_object(f) for f in frames]
     found = [(f, m) for f, m in zip(frames, masks) if m is not None]
     if len(found) < max(1, int(np.ceil(0.9 * len(frames)))): return None
-    inner = [(f, ndimage.binary_erosion(m) if ndimage.binary_erosion(m).any() else m) for f, m in found]
+    inner = [(f, e if (e := ndimage.binary_erosion(m)).any() else m) for f, m in found]
     color = np.concatenate([f[m] for f, m in inner]).astype(float).mean(0)
-    fill = [m.sum() / ((np.ptp(np.nonzero(m)[0]) + 1) * (np.ptp(np.nonzero(m)[1]) + 1)) for _, m in found]
-    fill = float(np.median(fill))
+    fill = float(np.median([_fill(m) for _, m in found]))
     shape = "square" if fill >= 0.885 else "circle" if fill >= 0.655 else "triangle"  # midpoints of the gaps measured on 800 clips
     centres = [np.array(ndimage.center_of_mass(m)) for _, m in found]
     dy, dx = centres[-1] - centres[0]
@@ -204,37 +208,33 @@ def _atomic_path(path: Path):
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the file the permissions open() would
     return Path(tmp)
 
-def write_mp4(path, frames: np.ndarray, fps: float, crf: int = 12):
-    "Write (T, H, W, 3) uint8 frames as an H.264 mp4 (yuv420p, no B-frames so frame counts are exact)."
-    path, tmp = Path(path), _atomic_path(Path(path))
+@contextmanager
+def _atomic_write(path):
+    "Yield a temporary path beside `path`; it replaces `path` when the block completes and is removed if it fails."
+    path = Path(path)
+    tmp = _atomic_path(path)
     try:
-        with av.open(str(tmp), "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            stream.options = {"crf": str(crf), "bf": "0", "threads": "1"}
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-            container.mux(stream.encode())
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
+def write_mp4(path, frames: np.ndarray, fps: float, crf: int = 12):
+    "Write (T, H, W, 3) uint8 frames as an H.264 mp4 (yuv420p, no B-frames so frame counts are exact)."
+    with _atomic_write(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": str(crf), "bf": "0", "threads": "1"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+
 def write_jpg(path, image: np.ndarray, quality: int = 95):
-    path, tmp = Path(path), _atomic_path(Path(path))
-    try:
-        Image.fromarray(image).save(tmp, format="JPEG", quality=quality, subsampling=0)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _atomic_write(path) as tmp: Image.fromarray(image).save(tmp, format="JPEG", quality=quality, subsampling=0)
 
 def write_text(path, text: str):
     "Write a text file atomically."
-    path, tmp = Path(path), _atomic_path(Path(path))
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _atomic_write(path) as tmp: tmp.write_text(text)
 
 # %% ../nbs/01_toy.ipynb #30f9316b
 def item_spec(seed: int, index: int, is_image: bool, num_frames=19, height=64, width=112) -> ClipSpec:
@@ -279,14 +279,19 @@ def _read_video_av(path) -> tuple:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
         return frames, float(stream.average_rate)
 
+def _decord_frames(reader, path, indices: list) -> np.ndarray:
+    "Frames `indices` (T, H, W, 3) uint8 from a decord reader of `path`; PyAV where decord cannot convert the size."
+    import decord
+    try: return reader.get_batch(indices).asnumpy()
+    except decord.DECORDError as e:  # decord 0.6 rejects some narrow frames (e.g. 48 px wide) in its RGB conversion
+        if "size must exactly match" not in str(e): raise
+        return _read_video_av(path)[0][indices]
+
 def read_video(path) -> tuple:
     "Frames (T, H, W, 3) uint8 and fps of a video file, read with decord (PyAV where decord cannot convert the size)."
     import decord
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
-    try: return vr.get_batch(list(range(len(vr)))).asnumpy(), float(vr.get_avg_fps())
-    except decord.DECORDError as e:  # decord 0.6 rejects some narrow frames (e.g. 48 px wide) in its RGB conversion
-        if "size must exactly match" not in str(e): raise
-        return _read_video_av(path)
+    return _decord_frames(vr, path, list(range(len(vr)))), float(vr.get_avg_fps())
 
 def read_media(path) -> np.ndarray:
     "Frames of a video, or a 1-frame clip of an image."

@@ -1,5 +1,5 @@
 """The preprocessing stage end to end: shapes, bad input, resume, torchrun, and the shipped toy VAE's quality."""
-import json, os, shutil, subprocess, sys
+import json, os, re, shutil, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,7 @@ def test_command_line(toy_data, reference, tmp_path):
     (dict(width=100), "--width=100 is not a positive multiple of 16"),
 ])
 def test_bad_flags(toy_data, tmp_path, flags, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         data.preprocess(toy_data[0], tmp_path / "out", "toy", progress=False, **flags)
     assert not (tmp_path / "out").exists()  # checked before anything is written
 
@@ -178,7 +178,8 @@ def test_latent_dataset(reference):
     assert sorted(i for b in batches for i in b) == list(range(len(ds)))
     assert all(len({ds.latent_shapes[i] for i in b}) == 1 for b in batches)
     batch = data.collate_latents([ds[i] for i in batches[0]])
-    assert batch["latents"].shape[0] == len(batches[0])
+    assert batch["index"].tolist() == batches[0]
+    assert all(torch.equal(batch["latents"][k], ds[i]["latents"]) for k, i in enumerate(batches[0]))
 
 
 def test_shipped_toy_vae_quality(tmp_path):

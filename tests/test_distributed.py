@@ -4,7 +4,7 @@ gradients, equal one process.
 Each torchrun start costs a few seconds, so one run per world size executes every case of tests/dist_worker.py and
 the tests below read its report. A deadlock fails the run at the timeout instead of hanging the suite.
 """
-import json, os, sys
+import json
 from pathlib import Path
 
 import pytest

@@ -1,5 +1,5 @@
 """The toy world end to end: written files, decord read-back, the exact scorer at scale, determinism, bad input."""
-import json, os, subprocess, sys
+import json, re, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +125,7 @@ def test_cli_refuses_non_empty_folder_unless_overwrite(tmp_path):
     ([[0]], "uint8 numpy array"),
 ])
 def test_score_rejects_bad_frames(frames, expected):
-    with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(expected)):
         toy.score(frames, "a red circle moving left")
 
 
