@@ -253,6 +253,11 @@ def make_dataset(out_dir, n_videos: int = 64, n_images: int = 16, seed: int = 0,
     if min(n_videos, n_images) < 0 or n_videos + n_images == 0:
         raise ValueError(f"toy data: need n_videos >= 0, n_images >= 0 and at least one item; got {n_videos}, {n_images}")
     if (num_frames - 1) % 6: raise ValueError(f"toy data: num_frames={num_frames} breaks the VAE rule (frames-1) % 6 == 0")
+    for flag, value in (("height", height), ("width", width)):  # preprocessing needs them: 8x VAE, then 2x2 patches
+        if value < 16 or value % 16:
+            raise ValueError(f"toy data: --{flag}={value} is not a positive multiple of 16, which preprocessing needs "
+                             f"(8x VAE compression, then 2x2 DiT patches); try {max(16, value // 16 * 16)} or {max(16, value // 16 * 16) + 16}")
+    if not fps > 0: raise ValueError(f"toy data: --fps={fps} must be positive")
     media, items = out / "media", []
     jobs = [(False, i) for i in range(n_videos)] + [(True, i) for i in range(n_images)]
     for is_image, i in tqdm(jobs, desc="toy data", unit="item", disable=not progress):
@@ -269,7 +274,7 @@ def make_dataset(out_dir, n_videos: int = 64, n_images: int = 16, seed: int = 0,
                           "duration": round(num_frames / fps, 6), "num_frames": num_frames, "cap": [spec.caption]})
     write_text(out / "data.json", json.dumps(items, indent=2) + "\n")
     merge = out / "merge.txt"
-    write_text(merge, f"{media.resolve()},{(out / 'data.json').resolve()}\n")
+    write_text(merge, "media,data.json\n")  # relative to the merge file: the folder can be moved or copied whole
     return merge
 
 # %% ../nbs/01_toy.ipynb #90ba5b76

@@ -1,5 +1,5 @@
 """The toy world end to end: written files, decord read-back, the exact scorer at scale, determinism, bad input."""
-import json, re, subprocess, sys
+import json, re, shutil, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +70,7 @@ def test_decord_reads_what_was_written(dataset):
 
 def test_json_items_have_seed_fields(dataset):
     out, merge, items, _ = dataset
-    media, json_path = merge.read_text().strip().split(",")
-    assert Path(media) == (out / "media").resolve() and Path(json_path) == (out / "data.json").resolve()
+    assert merge.read_text() == "media,data.json\n"  # relative to the merge file: the folder is portable
     for it in items:
         assert isinstance(it["path"], str) and (out / "media" / it["path"]).is_file()
         assert isinstance(it["cap"], list) and it["cap"] and all(isinstance(c, str) for c in it["cap"])
@@ -116,6 +115,24 @@ def test_cli_refuses_non_empty_folder_unless_overwrite(tmp_path):
     assert res.returncode == 0, res.stderr
     assert len(json.loads((out / "data.json").read_text())) == 3
     assert "toy data" in res.stderr  # the progress bar
+
+
+def test_a_moved_or_copied_folder_reads_its_own_media(tmp_path):
+    from fastvideo.data import read_items
+    merge = toy.make_dataset(tmp_path / "orig", n_videos=2, n_images=1, seed=5, progress=False)
+    shutil.copytree(tmp_path / "orig", tmp_path / "copy")
+    (tmp_path / "orig").rename(tmp_path / "moved")
+    for folder in ("moved", "copy"):
+        items, errors = read_items(tmp_path / folder / merge.name)
+        assert errors == [] and len(items) == 3, errors
+        assert all(it.path.parent == (tmp_path / folder / "media").resolve() for it in items), [it.path for it in items]
+
+
+@pytest.mark.parametrize("flag, value", [("--height", "50"), ("--width", "100"), ("--height", "0"), ("--fps", "0")])
+def test_cli_refuses_sizes_preprocessing_cannot_use(tmp_path, flag, value):
+    res = fastvideo("toy-data", str(tmp_path / "d"), "--n_videos", "1", "--n_images", "0", flag, value)
+    assert res.returncode == 2 and f"{flag}={value}" in res.stderr, res.stderr
+    assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir()), "nothing written on a refusal"
 
 
 @pytest.mark.parametrize("frames, expected", [
