@@ -4,9 +4,9 @@
 
 # %% ../nbs/06_sampling.ipynb #71f321ab
 from __future__ import annotations
-import json, os, re, time
+import hashlib, json, os, re, time
 from functools import partial
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,10 @@ from .distributed import (broadcast, destroy_distributed, dp_rank, dp_size, gath
 from .schedulers import SCHEDULER_TYPES, Schedule, euler_step, make_schedule
 
 # %% auto #0
-__all__ = ['PIPELINE_PARTS', 'check_model_folder', 'Pipeline', 'add_toy_transformer', 'read_prompts', 'encode', 'prepare_latents',
-           'denoise', 'decode', 'to_uint8', 'load_pipeline', 'latent_shape', 'generate', 'slug', 'sample', 'add_sample']
+__all__ = ['PIPELINE_PARTS', 'VIDEO_SETTINGS', 'CONTACT_SHEET_MAX', 'check_model_folder', 'Pipeline', 'add_toy_transformer',
+           'read_prompts', 'encode', 'prepare_latents', 'denoise', 'decode', 'to_uint8', 'load_pipeline',
+           'latent_shape', 'generate', 'slug', 'SampleRun', 'model_fingerprint', 'sample', 'videos_to_make',
+           'add_sample']
 
 # %% ../nbs/06_sampling.ipynb #0345f7c7
 PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -159,8 +161,15 @@ def latent_shape(pipe: Pipeline, num_frames: int, height: int, width: int) -> tu
 def _default_video(model_path):
     return preset("toy" if str(model_path) == "toy" else "mochi-10b").video
 
-def _clip_and_schedule(model_path, num_frames, height, width, scheduler_type, num_inference_steps, **schedule_args):
+def _check_guidance(guidance_scale):
+    if not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:  # `not >=` also catches NaN
+        raise ValueError(f"--guidance_scale={guidance_scale} must be a number >= 0 (values <= 1 turn classifier-free "
+                         "guidance off; Mochi samples with 4.5)")
+
+def _clip_and_schedule(model_path, num_frames, height, width, scheduler_type, num_inference_steps, guidance_scale=1.0,
+                       **schedule_args):
     "Clip size (the preset's where not given), checked, and the sigma schedule; fails before any model loads."
+    _check_guidance(guidance_scale)
     video = _default_video(model_path)
     num_frames, height, width = num_frames or video.num_frames, height or video.height, width or video.width
     data.check_clip_size(num_frames, height, width)
@@ -175,7 +184,7 @@ def generate(model_path, prompt, negative_prompt=None, num_frames: int | None = 
              torch_dtype=torch.float32, device="cpu", vae_tiling: bool = False, progress: bool = True):
     "Videos for `prompt` (str or list): float frames (B, T, H, W, 3) in [0, 1] for `'np'`, DiT latents for `'latent'`."
     num_frames, height, width, schedule = _clip_and_schedule(
-        model_path, num_frames, height, width, scheduler_type, num_inference_steps, num_euler_timesteps=num_euler_timesteps,
+        model_path, num_frames, height, width, scheduler_type, num_inference_steps, guidance_scale, num_euler_timesteps=num_euler_timesteps,
         linear_threshold=linear_threshold, linear_range=linear_range, shift=shift)
     if output_type not in ("np", "latent"): raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
     prompts = read_prompts(prompt)
@@ -198,57 +207,144 @@ def slug(text: str, n: int = 48) -> str:
     "A file-name-safe short form of a prompt."
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:n] or "prompt"
 
+# what decides a video's pixels besides its prompt and seed: a video on disk is reused only if its record matches
+VIDEO_SETTINGS = ("model_path", "negative_prompt", "num_frames", "height", "width", "num_inference_steps",
+                  "guidance_scale", "scheduler_type", "linear_threshold", "linear_range", "num_euler_timesteps", "shift",
+                  "fps", "torch_dtype", "vae_tiling")
+CONTACT_SHEET_MAX = 16  # videos on the contact sheet: it must not grow with the prompt file
+
+@dataclass
+class SampleRun:
+    "The settings of one `sample` call, clip size and fps filled in from the preset, checked before any model loads."
+    model_path: str                 # 'toy' or a diffusers-format folder
+    prompts: list                   # one video each
+    output_path: Path               # the mp4s, their records, contact_sheet.png and settings.json
+    negative_prompt: str | None     # None: the empty prompt
+    num_frames: int
+    height: int
+    width: int
+    num_inference_steps: int
+    guidance_scale: float           # <= 1: no classifier-free guidance
+    scheduler_type: str
+    seed: int                       # the i-th prompt's noise comes from seed + i
+    linear_threshold: float         # PCM schedule knobs (see the schedulers lesson)
+    linear_range: float
+    num_euler_timesteps: int
+    shift: float
+    fps: float                      # of the mp4s
+    batch_size: int                 # prompts per forward pass; changes no video
+    torch_dtype: str
+    vae_tiling: bool
+    model_files: str = ""           # fingerprint of the model folder's files (`model_fingerprint`)
+
+    @property
+    def schedule_args(self) -> dict:
+        return {k: getattr(self, k) for k in ("linear_threshold", "linear_range", "num_euler_timesteps", "shift")}
+
+    @property
+    def paths(self) -> list: return [self.output_path / f"{i:03d}_{slug(p)}.mp4" for i, p in enumerate(self.prompts)]
+
+    def video_record(self, index: int) -> dict:
+        "Everything that decided video `index`, stored beside it as `NNN_slug.json`."
+        return {"prompt": self.prompts[index], "seed": self.seed + index, "model_files": self.model_files} | {
+            k: getattr(self, k) for k in VIDEO_SETTINGS}
+
+def model_fingerprint(root: Path) -> str:
+    "A cheap identity of a model folder: name, size and modification time of every file (reads no weights)."
+    digest = hashlib.sha1()
+    for f in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        st = f.stat()
+        digest.update(f"{f.relative_to(root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
 def sample(model_path, prompt=None, prompt_path=None, output_path="outputs/samples", negative_prompt=None,
            num_frames=None, height=None, width=None, num_inference_steps=64, guidance_scale=4.5,
            scheduler_type="euler", seed=1024, linear_threshold=0.025, linear_range=0.5, num_euler_timesteps=50,
            shift=1.0, fps=None, batch_size=1, torch_dtype="float32", vae_tiling=False, overwrite=False,
            sp_size=1) -> list:
-    """Generate a video per prompt into `output_path` (mp4s, contact_sheet.png, settings.json); returns the mp4 paths.
-    Under torchrun, `sp_size` ranks share each video (sequence parallel) and the SP groups share out the prompts."""
-    settings = {k: v for k, v in locals().items() if k not in ("overwrite",)}
+    """Generate a video per prompt into `output_path` (mp4s with their settings records, contact_sheet.png,
+    settings.json); returns the mp4 paths. A video already there is kept only if it was made with the same settings;
+    other settings are refused (naming them) unless `overwrite`. Under torchrun, `sp_size` ranks share each video
+    (sequence parallel) and the SP groups share out the prompts."""
+    num_frames, height, width, _ = _clip_and_schedule(model_path, num_frames, height, width, scheduler_type,
+                                                      num_inference_steps, guidance_scale, shift=shift,
+                                                      num_euler_timesteps=num_euler_timesteps,
+                                                      linear_threshold=linear_threshold, linear_range=linear_range)
+    out = Path(output_path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_path {out} is a file; expected a folder for the videos (created if missing)")
+    root = check_model_folder(model_path)
+    run = SampleRun(str(model_path), read_prompts(prompt, prompt_path), out, negative_prompt, num_frames, height, width,
+                    num_inference_steps, guidance_scale, scheduler_type, seed, linear_threshold, linear_range,
+                    num_euler_timesteps, shift, float(fps or _default_video(model_path).fps), batch_size,
+                    str(torch_dtype).removeprefix("torch."), bool(vae_tiling), model_fingerprint(root))
     if torch.distributed.is_initialized() or ("WORLD_SIZE" not in os.environ and sp_size == 1):
-        return _sample(settings, overwrite)  # single process, or a caller (a launched notebook) owns the groups
+        return _sample(run, overwrite)  # single process, or a caller (a launched notebook) owns the groups
     init_distributed(sp_size, timeout_s=12 * 3600)  # SP groups get unequal work (resumed videos, uneven prompt split)
-    try: return _sample(settings, overwrite)
+    try: return _sample(run, overwrite)
     finally: destroy_distributed()
 
-def _sample(settings: dict, overwrite: bool) -> list:
-    s = dict(settings); s.pop("sp_size")
-    model_path, prompt, prompt_path, output_path = s["model_path"], s["prompt"], s["prompt_path"], s["output_path"]
-    num_frames, height, width, seed = s["num_frames"], s["height"], s["width"], s["seed"]
-    scheduler_type, num_inference_steps, batch_size = s["scheduler_type"], s["num_inference_steps"], s["batch_size"]
-    schedule_args = {k: s[k] for k in ("linear_threshold", "linear_range", "num_euler_timesteps", "shift")}
-    prompts = read_prompts(prompt, prompt_path)
-    num_frames, height, width, _ = _clip_and_schedule(model_path, num_frames, height, width, scheduler_type,
-                                                      num_inference_steps, **schedule_args)  # fail before loading
-    check_model_folder(model_path)
-    out = Path(output_path); out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{i:03d}_{slug(p)}.mp4" for i, p in enumerate(prompts)]
-    todo = [i for i, p in enumerate(paths) if (overwrite or not p.exists()) and i % dp_size() == dp_rank()]
-    if is_main() and any(p.exists() for p in paths) and not overwrite:
-        print(f"[sample] {sum(p.exists() for p in paths)} of {len(paths)} videos exist; keeping them")
+def _differences(old: dict, new: dict) -> str:
+    return "; ".join(f"{k} was {old.get(k)!r}, now {new[k]!r}" for k in new if old.get(k) != new[k])
+
+def videos_to_make(run: SampleRun, overwrite: bool = False) -> list:
+    "Indices of the videos to (re)generate; raises `ValueError` naming the settings where a kept video would lie."
+    todo, conflicts = [], []
+    for i, path in enumerate(run.paths):
+        record_path = path.with_suffix(".json")
+        if overwrite or not path.exists(): todo.append(i); continue
+        if not record_path.is_file():
+            conflicts.append(f"{path.name}: no record of the settings it was made with"); continue
+        if differ := _differences(json.loads(record_path.read_text()), run.video_record(i)):
+            conflicts.append(f"{path.name}: {differ}")
+    if conflicts:
+        raise ValueError(f"--output_path {run.output_path} holds {len(conflicts)} videos made with other settings, "
+                         f"which a rerun would keep under the new settings' name ({conflicts[0]}"
+                         f"{f'; and {len(conflicts) - 1} more' if len(conflicts) > 1 else ''}). Use a new "
+                         "--output_path, or --overwrite to regenerate them")
+    return todo
+
+def _write_contact_sheet(run: SampleRun, made: list):
+    "The first `CONTACT_SHEET_MAX` videos, a few frames each; redrawn only when what it shows changed."
+    sheet, shown = run.output_path / "contact_sheet.png", run.paths[:CONTACT_SHEET_MAX]
+    previous = run.output_path / "settings.json"
+    names = [p.name for p in shown]
+    if (sheet.exists() and not any(i < len(shown) for i in made) and previous.is_file()
+            and json.loads(previous.read_text()).get("contact_sheet") == names): return names
+    fig = toy.frame_grid([toy.read_media(p) for p in shown], run.prompts[:len(shown)])
+    with toy._atomic_write(sheet) as tmp: fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return names
+
+def _sample(run: SampleRun, overwrite: bool) -> list:
+    todo_all = videos_to_make(run, overwrite)  # every rank checks the same files: they all raise, or none does
+    todo = [i for i in todo_all if i % dp_size() == dp_rank()]
+    run.output_path.mkdir(parents=True, exist_ok=True)
+    if is_main() and len(todo_all) < len(run.prompts):
+        print(f"[sample] {len(run.prompts) - len(todo_all)} of {len(run.prompts)} videos exist with these settings; keeping them")
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    pipe = load_pipeline(model_path, s["torch_dtype"], device, s["vae_tiling"]) if todo else None
-    shape = latent_shape(pipe, num_frames, height, width) if todo else None
-    fps = s["fps"] or _default_video(model_path).fps
-    started, writer = time.time(), sp_rank() == 0  # one rank of each SP group writes (and so decodes) its group's videos
-    for start in tqdm(range(0, len(todo), batch_size), desc="sample", unit="batch", disable=not todo or not is_main()):
-        batch = todo[start:start + batch_size]
+    pipe = load_pipeline(run.model_path, run.torch_dtype, device, run.vae_tiling) if todo else None
+    shape = latent_shape(pipe, run.num_frames, run.height, run.width) if todo else None
+    started, writer, paths = time.time(), sp_rank() == 0, run.paths  # one rank of each SP group decodes and writes
+    for start in tqdm(range(0, len(todo), run.batch_size), desc="sample", unit="batch", disable=not todo or not is_main()):
+        batch = todo[start:start + run.batch_size]
         # each prompt gets its own noise (seed + index), so batching, resuming and process counts change no video
-        latents = torch.cat([prepare_latents(1, shape, seed + i) for i in batch])
-        frames = generate(model_path, [prompts[i] for i in batch], s["negative_prompt"], num_frames, height, width,
-                          num_inference_steps, s["guidance_scale"], scheduler_type, latents=latents, pipeline=pipe,
-                          output_type="np" if writer else "latent", progress=False, **schedule_args)
+        latents = torch.cat([prepare_latents(1, shape, run.seed + i) for i in batch])
+        frames = generate(run.model_path, [run.prompts[i] for i in batch], run.negative_prompt, run.num_frames,
+                          run.height, run.width, run.num_inference_steps, run.guidance_scale, run.scheduler_type,
+                          latents=latents, pipeline=pipe, output_type="np" if writer else "latent", progress=False,
+                          **run.schedule_args)
         if writer:
-            for i, f in zip(batch, frames): toy.write_mp4(paths[i], to_uint8(f), fps)
+            for i, f in zip(batch, frames):  # the record first: a video without a record is never taken as done
+                toy.write_text(paths[i].with_suffix(".json"), json.dumps(run.video_record(i), indent=1) + "\n")
+                toy.write_mp4(paths[i], to_uint8(f), run.fps)
     if torch.distributed.is_initialized(): torch.distributed.barrier()
     if is_main():
-        fig = toy.frame_grid([toy.read_media(p) for p in paths], prompts)
-        fig.savefig(out / "contact_sheet.png", dpi=80); plt.close(fig)
-        settings = settings | {"model_path": str(model_path), "prompts": prompts, "videos": [p.name for p in paths],
-                               "seconds": round(time.time() - started, 2), "torch_dtype": str(s["torch_dtype"]),
-                               "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1}
-        toy.write_text(out / "settings.json", json.dumps(settings, indent=2, default=str) + "\n")
+        record = asdict(run) | {"output_path": str(run.output_path), "videos": [p.name for p in paths],
+                                "contact_sheet": _write_contact_sheet(run, todo_all), "generated_now": len(todo_all),
+                                "seconds": round(time.time() - started, 2),
+                                "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1}
+        toy.write_text(run.output_path / "settings.json", json.dumps(record, indent=2, default=str) + "\n")
     return paths
 
 # %% ../nbs/06_sampling.ipynb #f6a0c7a0
@@ -278,9 +374,11 @@ def add_sample(sub):
     p.add_argument("--torch_dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--vae_tiling", action="store_true", help="decode in tiles to bound memory")
     p.add_argument("--output_path", default="outputs/samples", help="folder for the mp4s, contact sheet, settings")
-    p.add_argument("--overwrite", action="store_true", help="regenerate videos that exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="regenerate videos that exist (without it, videos made with other settings are refused)")
     p.add_argument("--sp_size", type=int, default=1, help="under torchrun: processes that share one video")
     def run(a):
         paths = sample(**{k: v for k, v in vars(a).items() if k not in ("func", "command")})
-        print(f"wrote {len(paths)} videos, contact_sheet.png and settings.json to {a.output_path}")
+        if int(os.environ.get("RANK", "0")) == 0:  # one closing line per run, not one per process
+            print(f"{len(paths)} videos, contact_sheet.png and settings.json in {a.output_path}")
     p.set_defaults(func=run)

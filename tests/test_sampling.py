@@ -1,5 +1,5 @@
 """Sampling equals diffusers' MochiPipeline on the toy folder; CFG, seeds, CLI outputs and bad input."""
-import json, subprocess, sys
+import json, re, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +153,7 @@ def test_cli_sample_on_two_processes(tmp_path):
     res = torchrun(2, "--no-python", str(Path(sys.executable).parent / "fastvideo"), *args, "--sp_size", "2",
                    "--output_path", str(tmp_path / "sp"))
     assert res.returncode == 0, res.stdout[-3000:]
+    assert res.stdout.count("videos, contact_sheet.png and settings.json in") == 1, res.stdout  # rank 0 alone closes
     assert [p.name for p in (tmp_path / "sp").glob("*.mp4")] == ["000_a_red_circle_moving_left.mp4"]
     assert json.loads((tmp_path / "sp" / "settings.json").read_text())["world_size"] == 2
     assert fastvideo(*args, "--output_path", str(tmp_path / "one")).returncode == 0
@@ -178,3 +179,78 @@ def test_torch_dtype_by_name():
     "`torch_dtype` as `fastvideo sample` passes it (a name) loads the same cached pipeline as the dtype itself."
     pipe = sampling.load_pipeline("toy", "bfloat16")
     assert pipe.dtype == torch.bfloat16 and pipe is sampling.load_pipeline("toy", torch.bfloat16)
+
+
+TINY = dict(num_frames=7, height=32, width=48)
+
+
+def test_rerun_with_other_settings_is_refused_not_mislabelled(tmp_path):
+    "8 and 64 steps must never yield the same files: a video is kept only when its recorded settings match."
+    out = tmp_path / "out"
+    sampling.sample("toy", prompt=PROMPTS, output_path=out, num_inference_steps=2, **TINY)
+    record = json.loads((out / "000_a_red_circle_moving_left.json").read_text())
+    assert record["num_inference_steps"] == 2 and record["seed"] == 1024 and record["prompt"] == PROMPTS[0]
+    assert json.loads((out / "001_a_white_square_staying_still.json").read_text())["seed"] == 1025
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}
+    for change, message in [(dict(num_inference_steps=3), "num_inference_steps was 2, now 3"),
+                            (dict(seed=7), "seed was 1024, now 7"), (dict(guidance_scale=1.0), "guidance_scale was 4.5, now 1.0"),
+                            (dict(scheduler_type="pcm_linear_quadratic"), "scheduler_type was 'euler', now 'pcm_linear_quadratic'")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            sampling.sample("toy", prompt=PROMPTS, output_path=out, **(dict(num_inference_steps=2) | TINY | change))
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("*.mp4")}, "a refusal must not touch the videos"
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["num_inference_steps"] == 2, "the record must still describe the videos"
+    # --overwrite regenerates them, and the records follow
+    sampling.sample("toy", prompt=PROMPTS, output_path=out, num_inference_steps=3, overwrite=True, **TINY)
+    assert json.loads((out / "000_a_red_circle_moving_left.json").read_text())["num_inference_steps"] == 3
+    assert all(stamps[p.name] != p.stat().st_mtime_ns for p in out.glob("*.mp4"))
+    # a video from before the records existed has no record: refused too
+    (out / "001_a_white_square_staying_still.json").unlink()
+    with pytest.raises(ValueError, match="no record of the settings"):
+        sampling.sample("toy", prompt=PROMPTS, output_path=out, num_inference_steps=3, **TINY)
+
+
+def test_cli_refuses_other_steps_and_bad_values(tmp_path):
+    base = ["sample", "--prompt", PROMPTS[0], "--num_frames", "7", "--height", "32", "--width", "48",
+            "--output_path", str(tmp_path / "o")]
+    assert fastvideo(*base, "--num_inference_steps", "2").returncode == 0
+    res = fastvideo(*base, "--num_inference_steps", "3")
+    assert res.returncode == 2 and "num_inference_steps was 2, now 3" in res.stderr and "--overwrite" in res.stderr
+    for flag, value, message in [("--guidance_scale", "-1", "--guidance_scale=-1.0 must be a number >= 0"),
+                                 ("--guidance_scale", "nan", "--guidance_scale=nan must be a number >= 0")]:
+        res = fastvideo(*base, flag, value)
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    (tmp_path / "file").write_text("x")
+    res = fastvideo(*base[:-1], str(tmp_path / "file"))
+    assert res.returncode == 2 and f"--output_path {tmp_path / 'file'} is a file" in res.stderr, res.stderr
+    with pytest.raises(ValueError, match="--guidance_scale=-0.5"):
+        sampling.generate("toy", PROMPTS[0], guidance_scale=-0.5)
+
+
+def test_contact_sheet_is_bounded_and_not_redrawn_for_nothing(tmp_path):
+    from PIL import Image
+    prompts = [f"a red circle moving left {i}" for i in range(sampling.CONTACT_SHEET_MAX + 4)]
+    out = tmp_path / "many"
+    sampling.sample("toy", prompt=prompts, output_path=out, num_inference_steps=1, guidance_scale=1.0, **TINY)
+    settings = json.loads((out / "settings.json").read_text())
+    assert len(settings["videos"]) == len(prompts) and len(settings["contact_sheet"]) == sampling.CONTACT_SHEET_MAX
+    sheet = out / "contact_sheet.png"
+    few = tmp_path / "few"
+    sampling.sample("toy", prompt=prompts[:2], output_path=few, num_inference_steps=1, guidance_scale=1.0, **TINY)
+    rows = lambda p: Image.open(p).height / Image.open(few / "contact_sheet.png").height * 2
+    assert abs(rows(sheet) - sampling.CONTACT_SHEET_MAX) < 1.5, rows(sheet)  # 16 rows, not 20
+    stamp = sheet.stat().st_mtime_ns
+    sampling.sample("toy", prompt=prompts, output_path=out, num_inference_steps=1, guidance_scale=1.0, **TINY)
+    assert sheet.stat().st_mtime_ns == stamp, "nothing changed: the sheet must not be redrawn"
+
+
+def test_demo_rerun_with_other_sample_steps(tmp_path, capsys):
+    from fastvideo.cli import demo
+    demo(tmp_path / "d", n_videos=2, n_images=1, sample_steps=1)
+    with pytest.raises(ValueError, match="num_inference_steps was 1, now 2"):
+        demo(tmp_path / "d", n_videos=2, n_images=1, sample_steps=2)
+    with pytest.raises(ValueError, match="--n_videos was 2, now 3"):
+        demo(tmp_path / "d", n_videos=3, n_images=1, sample_steps=1)
+    report = demo(tmp_path / "d", n_videos=2, n_images=1, sample_steps=2, overwrite=True)
+    assert json.loads((tmp_path / "d/samples/000_a_red_circle_moving_left.json").read_text())["num_inference_steps"] == 2
+    assert report["samples"]["n"] == 5
