@@ -24,7 +24,11 @@ def notebook_parameters(notebook) -> dict:
     "The notebook's `parameters` cell: name -> (name, inferred_type_name, default, help)."
     import nbformat
     from papermill.translators import PythonTranslator  # cleaned notebooks carry no kernelspec to pick a translator from
-    cell = next((c for c in nbformat.read(str(notebook), 4).cells if "parameters" in c.metadata.get("tags", [])), None)
+    try: cells = nbformat.read(str(notebook), 4).cells
+    except Exception as e:  # nbformat's message names no file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"notebook {notebook} is not a readable .ipynb (expected nbformat 4 JSON): {first[:200]}") from None
+    cell = next((c for c in cells if "parameters" in c.metadata.get("tags", [])), None)
     return {} if cell is None else {p.name: p for p in PythonTranslator.inspect(cell)}
 
 def _check_parameters(notebook: Path, parameters: dict):
@@ -40,6 +44,9 @@ def torchrun(args: list, nproc_per_node: int = 1, timeout: float | None = None, 
     "Run `torchrun --standalone --nproc_per_node N *args`; past `timeout` seconds stop all ranks and raise `TimeoutError`."
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}", *map(str, args)]
     pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) if capture else {}
+    env = dict(os.environ if env is None else env)
+    # torchrun sets 1 (with a banner) when unset; we share the cores out between the ranks instead
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
     proc = subprocess.Popen(cmd, env=env, **pipe)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -54,6 +61,17 @@ def torchrun(args: list, nproc_per_node: int = 1, timeout: float | None = None, 
 # %% ../nbs/11a_launch.ipynb #f3beca23
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
+def _ipc_kernel_manager(folder):
+    "A kernel manager class whose kernels talk over Unix sockets in `folder`: no plain-text TCP ports on the machine."
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self): return "ipc"
+        @default("ip")
+        def _ip_default(self): return str(Path(folder) / f"kernel-{os.getpid()}")  # one per rank
+    return IPCKernelManager
+
 def _run_rank(notebook, output, workdir, kernel_name="python3") -> int:
     import papermill as pm
     rank, work = int(os.environ.get("RANK", "0")), Path(workdir)
@@ -62,7 +80,7 @@ def _run_rank(notebook, output, workdir, kernel_name="python3") -> int:
     echo = dict(stdout_file=sys.stdout, stderr_file=sys.stderr) if rank == 0 else {}  # rank 0's prints, live
     try:
         pm.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=kernel_name, language="python",
-                            progress_bar=False, **echo)
+                            progress_bar=False, kernel_manager_class=_ipc_kernel_manager(work), **echo)
         return 0
     except BaseException as e:  # KeyboardInterrupt too: a stopped rank still says why
         error = dict(rank=rank, time=time.time(), cell=getattr(e, "exec_count", None),

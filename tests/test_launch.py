@@ -25,10 +25,14 @@ def small_notebook(path, *cells, parameters="steps = 1  # how many"):
     return path
 
 
-def test_sp_check_on_two_processes(tmp_path):
+def test_sp_check_on_two_processes(tmp_path, capfd):
     out = tmp_path / "sp_check.ipynb"
     cli(["launch", str(ROOT / "nbs/runs/sp_check.ipynb"), "--nproc_per_node", "2", "-p", "latent_frames", "3",
          "-p", "atol", "1e-5", "--output", str(out), "--timeout", str(TIMEOUT)])
+    printed = "".join(capfd.readouterr())  # the ranks' and kernels' output too (file descriptors, not sys.stdout)
+    for noise in ("without encryption", "WARNING", "OMP_NUM_THREADS", "****"):
+        assert noise not in printed, f"launch printed {noise!r}:\n{printed[-3000:]}"
+    assert printed.count("[launch]") == 1, printed
     nb = nbformat.read(out, 4)
     texts = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "rank 0 of 2, sp_size 2" in texts and "max |SP - one process| on 2 process(es)" in texts
@@ -121,3 +125,12 @@ def test_a_library_init_destroy_inside_a_launched_notebook_keeps_its_group(tmp_p
     out = launch(nb, 2, output=tmp_path / "nested.out.ipynb", timeout=TIMEOUT)
     assert "still 2" in "".join(o.get("text", "") for c in nbformat.read(out, 4).cells if c.cell_type == "code"
                                 for o in c.outputs)
+
+
+def test_a_broken_notebook_is_named(tmp_path, capsys):
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text('{"cells": [')
+    with pytest.raises(SystemExit) as exit:
+        cli(["launch", str(broken)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and f"notebook {broken} is not a readable .ipynb" in err and "Traceback" not in err, err
