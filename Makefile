@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): setup.py settings.ini
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	# -qq: errors only, no flood of pip/setuptools warnings (index folders this machine lacks, editable-install notes)
+	$(BIN)/python -m pip install -qq --upgrade pip
 	# torch first and pinned: a looser spec would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -qq torch==2.13.0
+	$(BIN)/python -m pip install -qq -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $@
 

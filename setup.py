@@ -9,8 +9,7 @@ cfg = cfg["DEFAULT"]
 for key in "version description keywords author author_email license min_python lib_name user".split():
     if key not in cfg: raise KeyError(f"settings.ini: missing required key `{key}`")
 
-licenses = {"apache2": ("Apache Software License 2.0", "OSI Approved :: Apache Software License")}
-license_name, license_classifier = licenses[cfg["license"]]
+licenses = {"apache2": "Apache-2.0"}  # an SPDX expression: setuptools deprecates license classifiers
 status_names = "1 - Planning|2 - Pre-Alpha|3 - Alpha|4 - Beta|5 - Production/Stable|6 - Mature|7 - Inactive".split("|")
 py_versions = "3.10 3.11 3.12 3.13".split()
 min_python = cfg["min_python"]
@@ -26,15 +25,14 @@ setuptools.setup(
     keywords=cfg["keywords"],
     author=cfg["author"],
     author_email=cfg["author_email"],
-    license=license_name,
+    license=licenses[cfg["license"]],
     classifiers=[
         "Development Status :: " + status_names[int(cfg["status"]) - 1],
         "Intended Audience :: " + cfg["audience"].title(),
-        "License :: " + license_classifier,
         "Natural Language :: " + cfg["language"].title(),
     ] + ["Programming Language :: Python :: " + v for v in py_versions[py_versions.index(min_python):]],
     url=cfg["git_url"],
-    packages=setuptools.find_packages(include=["fastvideo", "fastvideo.*"]),
+    packages=setuptools.find_namespace_packages(include=["fastvideo", "fastvideo.*"]),  # assets/ folders too: no "would be ignored" warning
     include_package_data=True,
     package_data={"fastvideo": ["assets/**/*"]},
     install_requires=requirements,

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_cli.ipynb #6e37eafd
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, json, os, sys, time
 from pathlib import Path
 
 
@@ -14,7 +14,7 @@ from .launch import add_launch
 from .sampling import add_sample
 
 # %% auto #0
-__all__ = ['DEMO_PROMPTS', 'SUBCOMMANDS', 'add_toy_data', 'demo', 'add_demo', 'parser', 'main']
+__all__ = ['DEMO_PROMPTS', 'SUBCOMMANDS', 'RESUME_HINTS', 'add_toy_data', 'demo', 'add_demo', 'parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #d2160b8d
 def _toy_data(args):
@@ -44,16 +44,28 @@ def _scores_line(name, s):
     return (f"[demo] {name}: color {s['color']:.0%}  shape {s['shape']:.0%}  motion {s['motion']:.0%}  "
             f"one object {s['one_object']:.0%}  mean {s['mean']:.0%}  (n={s['n']})")
 
-def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_steps=8) -> dict:
-    "Run the toy pipeline into `output_dir`; returns the report also written to `report.json`."
+def _demo_data(root: Path, n_videos: int, n_images: int, seed: int):
+    "The demo's toy data set: reused when it was made with these settings, refused when with others."
+    settings, record = {"n_videos": n_videos, "n_images": n_images, "seed": seed}, root / "toy_data_settings.json"
+    if (root / "data.json").exists():
+        old = json.loads(record.read_text()) if record.is_file() else {}
+        if differ := "; ".join(f"--{k} was {old.get(k)}, now {v}" for k, v in settings.items() if old.get(k) != v):
+            raise ValueError(f"--output_dir {root.parent} holds a demo made with other settings ({differ}); "
+                             "use another --output_dir, or the old settings")
+        return print(f"[demo] 1/4 reusing the toy data set in {root}")
+    # generation is deterministic, so finishing a half-written folder rewrites identical files
+    print(f"[demo] 1/4 writing the toy data set to {root}")
+    toy.make_dataset(root, n_videos=n_videos, n_images=n_images, seed=seed, overwrite=root.exists())
+    toy.write_text(record, json.dumps(settings) + "\n")
+
+def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_steps=8, overwrite=False) -> dict:
+    """Run the toy pipeline into `output_dir`; returns the report also written to `report.json`. A rerun resumes;
+    samples made with other settings are refused unless `overwrite` (which regenerates them)."""
     from fastvideo import data, sampling
     out, started = Path(output_dir), time.time()
+    if out.exists() and not out.is_dir(): raise ValueError(f"--output_dir {out} is a file; expected a folder")
     root = out / "data"
-    if (root / "data.json").exists():
-        print(f"[demo] 1/4 reusing the toy data set in {root}")
-    else:  # generation is deterministic, so finishing a half-written folder rewrites identical files
-        print(f"[demo] 1/4 writing the toy data set to {root}")
-        toy.make_dataset(root, n_videos=n_videos, n_images=n_images, seed=seed, overwrite=root.exists())
+    _demo_data(root, n_videos, n_images, seed)
     items = json.loads((root / "data.json").read_text())
     clips = [toy.read_media(root / "media" / it["path"]) for it in items]
     captions = [it["cap"][0] for it in items]
@@ -62,7 +74,7 @@ def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_step
     summary = data.preprocess(root / "merge.txt", out / "preprocessed", "toy")
     print(f"[demo] 3/4 sampling {len(DEMO_PROMPTS)} videos, {sample_steps} steps pcm_linear_quadratic")
     videos = sampling.sample("toy", prompt=DEMO_PROMPTS, output_path=out / "samples", num_inference_steps=sample_steps,
-                             scheduler_type="pcm_linear_quadratic", seed=seed)
+                             scheduler_type="pcm_linear_quadratic", seed=seed, overwrite=overwrite)
     print("[demo] 4/4 scoring")
     report = {"data": toy.score_many(clips, captions), "preprocess": summary,
               "samples": toy.score_many([toy.read_media(v) for v in videos], DEMO_PROMPTS),
@@ -81,7 +93,8 @@ def add_demo(sub):
     p.add_argument("--n_images", type=int, default=8, help="toy images to generate")
     p.add_argument("--seed", type=int, default=0, help="toy data and sampling seed")
     p.add_argument("--sample_steps", type=int, default=8, help="denoising steps for the samples")
-    p.set_defaults(func=lambda a: demo(a.output_dir, a.n_videos, a.n_images, a.seed, a.sample_steps))
+    p.add_argument("--overwrite", action="store_true", help="regenerate samples made with other --sample_steps")
+    p.set_defaults(func=lambda a: demo(a.output_dir, a.n_videos, a.n_images, a.seed, a.sample_steps, a.overwrite))
 
 # %% ../nbs/11_cli.ipynb #452f94b1
 SUBCOMMANDS = [add_toy_data, add_preprocess, add_sample, add_launch, add_demo]
@@ -92,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     for add in SUBCOMMANDS: add(sub)
     return p
 
+RESUME_HINTS = {"toy-data": "rerun it with --overwrite to finish the folder (generation is deterministic)",
+                "launch": "the ranks were stopped; rank 0's notebook holds the cells that ran"}
+
 def main(argv=None):
     "The `fastvideo` console script."
     args = parser().parse_args(argv)
@@ -100,6 +116,12 @@ def main(argv=None):
     except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:  # mistakes the user can fix
         print(f"fastvideo {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; every file is written whole or not at all
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank gets the signal; one speaks
+            hint = RESUME_HINTS.get(args.command, "finished items are kept: rerun the same command to resume")
+            print(f"\nfastvideo {args.command}: interrupted; {hint}", file=sys.stderr)
+        sys.exit(130)
+
 
 # %% ../nbs/11_cli.ipynb #8e4be9d5
 #| eval: false
