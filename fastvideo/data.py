@@ -22,10 +22,11 @@ from .distributed import destroy_distributed, init_distributed
 __all__ = ['IMAGE_SUFFIXES', 'ENCODER_PARTS', 'TOY_VAE_STEPS', 'TOY_VAE_FINAL', 'TOY_VAE_FINETUNE', 'check_clip_size',
            'DataError', 'read_merge_file', 'MediaItem', 'read_items', 'resize_crop', 'frame_indices', 'load_clip',
            'resolve_model_path', 'Encoders', 'load_encoders', 'normalize_latents', 'denormalize_latents',
-           'encode_video', 'sample_latents', 'empty_prompt', 'encode_prompts', 'item_files', 'encode_item',
-           'encode_validation_prompts', 'preprocess', 'add_preprocess', 'main', 'LatentDataset', 'BucketBatchSampler',
-           'collate_latents', 'toy_vocabulary', 'build_toy_tokenizer', 'build_toy_text_encoder', 'build_toy_vae',
-           'psnr', 'train_toy_vae', 'set_latent_stats', 'vae_roundtrip', 'save_toy_encoders']
+           'encode_video', 'sample_latents', 'empty_prompt', 'encode_prompts', 'item_files', 'encode_clips',
+           'encode_item', 'encode_validation_prompts', 'NoItemsError', 'preprocess', 'add_preprocess', 'main',
+           'LatentDataset', 'BucketBatchSampler', 'collate_latents', 'toy_vocabulary', 'build_toy_tokenizer',
+           'build_toy_text_encoder', 'build_toy_vae', 'psnr', 'train_toy_vae', 'set_latent_stats', 'vae_roundtrip',
+           'save_toy_encoders']
 
 # %% ../nbs/02_data.ipynb #dcc64a90
 def check_clip_size(num_frames: int, height: int, width: int, temporal_compression: int = 6, pixel_multiple: int = 16):
@@ -151,11 +152,10 @@ def load_clip(item: MediaItem, num_frames: int, height: int, width: int, train_f
         try: image = np.asarray(Image.open(item.path).convert("RGB"))[None]
         except Exception as e: raise DataError(item.where, "path", f"cannot read image {item.path}: {_first_line(e)}")
         return resize_crop(image, height, width)
-    import decord
-    try:
-        reader = decord.VideoReader(str(item.path), ctx=decord.cpu(0), num_threads=1)
+    try:  # quiet: decord's and FFmpeg's log lines go into the reason, not onto stderr
+        reader = toy._open_decord(item.path, num_threads=1)
         n_frames, fps = len(reader), float(reader.get_avg_fps() or 0) or item.fps
-    except Exception as e: raise DataError(item.where, "path", f"cannot read video {item.path}: {_first_line(e)}")
+    except ValueError as e: raise DataError(item.where, "path", str(e))
     if not fps: raise DataError(item.where, "fps", f"{item.path} gives no frame rate and the json has none")
     indices = frame_indices(n_frames, fps, num_frames, train_fps)
     if not indices:
@@ -163,7 +163,8 @@ def load_clip(item: MediaItem, num_frames: int, height: int, width: int, train_f
         raise DataError(item.where, "path", f"clip too short: {item.path.name} has {n_frames} frames at {fps:g} fps; "
                         f"--num_frames={num_frames} at --train_fps={train_fps or fps:g} needs {need}")
     try: frames = toy._decord_frames(reader, item.path, indices)  # PyAV where decord cannot convert the frame size
-    except Exception as e: raise DataError(item.where, "path", f"cannot decode frames of {item.path}: {_first_line(e)}")
+    except Exception as e:
+        raise DataError(item.where, "path", str(e) if isinstance(e, ValueError) else f"cannot decode frames of {item.path}: {_first_line(e)}")
     return resize_crop(frames, height, width)
 
 # %% ../nbs/02_data.ipynb #a4673d20
@@ -196,17 +197,43 @@ def _max_sequence_length(root: Path, tokenizer) -> int:
     limit = getattr(tokenizer, "model_max_length", None)
     return int(limit) if limit and limit < 100_000 else 256  # huge: the tokenizer sets no limit; Mochi's is 256
 
+_PART_FILES = {  # what each part's folder must hold: (what it is, [alternatives of a file that must be there], ...)
+    "vae": ("an AutoencoderKLMochi", [("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")]),
+    "text_encoder": ("a T5EncoderModel", [("config.json",), ("model.safetensors", "model.safetensors.index.json",
+                                                              "pytorch_model.bin", "pytorch_model.bin.index.json")]),
+    "tokenizer": ("a T5 tokenizer", [("tokenizer.json", "spiece.model")]),
+}
+
+def _expected(part: str) -> str:
+    what, files = _PART_FILES[part]
+    return f"{what}: " + " + ".join(" or ".join(alts) for alts in files)
+
+def _load_part(root: Path, part: str, load):
+    "`load()` a model part of `root`; a missing file or a failure raises `ValueError` naming `--model_path root/part`."
+    folder = root / part
+    missing = [" or ".join(alts) for alts in _PART_FILES[part][1] if not any((folder / f).is_file() for f in alts)]
+    if missing:
+        raise ValueError(f"--model_path {folder}: missing {', '.join(missing)}; expected {_expected(part)}")
+    try: return load()
+    except Exception as e:
+        raise ValueError(f"--model_path {folder}: cannot load it ({_first_line(e)}); expected {_expected(part)} "
+                         f"as written by save_pretrained") from e
+
 def load_encoders(model_path, dtype=torch.float32, device="cpu", vae_tiling: bool = False,
                   max_sequence_length: int | None = None) -> Encoders:
-    "Load the VAE, T5 encoder and tokenizer of a diffusers-format folder, frozen, in `dtype` on `device`."
+    """Load the VAE, T5 encoder and tokenizer of a diffusers-format folder, frozen, in `dtype` on `device`.
+    A part that is empty or broken raises `ValueError` naming its folder and the files expected there."""
     from diffusers import AutoencoderKLMochi
     from transformers import AutoTokenizer, T5EncoderModel
     root = resolve_model_path(model_path)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    vae = AutoencoderKLMochi.from_pretrained(root, subfolder="vae", torch_dtype=dtype).to(device).eval().requires_grad_(False)
+    vae = _load_part(root, "vae", lambda: AutoencoderKLMochi.from_pretrained(root, subfolder="vae", torch_dtype=dtype))
+    vae = vae.to(device).eval().requires_grad_(False)
     if vae_tiling: vae.enable_tiling()  # encode big frames in overlapping tiles to bound memory
-    text_encoder = T5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
+    text_encoder = _load_part(root, "text_encoder",
+                              lambda: T5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=dtype))
+    text_encoder = text_encoder.to(device).eval()
+    tokenizer = _load_part(root, "tokenizer", lambda: AutoTokenizer.from_pretrained(root, subfolder="tokenizer"))
     return Encoders(vae, text_encoder.requires_grad_(False), tokenizer,
                     max_sequence_length or _max_sequence_length(root, tokenizer))
 
@@ -275,14 +302,33 @@ def item_files(output_dir, key: str) -> dict:
     return {kind: out / kind / f"{key}.{'json' if kind == 'meta' else 'pt'}"
             for kind in ("latent", "prompt_embed", "prompt_attention_mask", "meta")}
 
-def encode_item(enc: Encoders, item: MediaItem, pixels: torch.Tensor, output_dir) -> dict:
-    "Encode one clip and its caption, write the files that are missing, and return its json entry."
+def encode_clips(enc: Encoders, clips: list, captions: list) -> list:
+    """(posterior, embeds, mask) of each clip (3, T, H, W) and caption, encoded in batches: clips of one shape go
+    through the VAE together, all captions through T5 together. A lone clip of its shape is encoded beside a copy of
+    itself, so that each result depends only on the clip, never on which others share its batch (on CPU, oneDNN
+    picks a different convolution kernel for batch 1 than for batch >= 2; the results of every batch >= 2 agree
+    bit for bit)."""
+    if len(clips) != len(captions): raise ValueError(f"encode_clips: {len(clips)} clips but {len(captions)} captions")
+    posteriors, by_shape = [None] * len(clips), {}
+    for i, clip in enumerate(clips): by_shape.setdefault(tuple(clip.shape), []).append(i)
+    for idx in by_shape.values():
+        pixels = torch.stack([clips[i] for i in idx] * (2 if len(idx) == 1 else 1))
+        for i, posterior in zip(idx, encode_video(enc.vae, pixels)): posteriors[i] = posterior
+    embeds, mask = encode_prompts(enc.text_encoder, enc.tokenizer, list(captions), enc.max_sequence_length) if captions else ([], [])
+    return [(p, e, m) for p, e, m in zip(posteriors, embeds, mask)]
+
+def encode_item(enc: Encoders, item: MediaItem, pixels: torch.Tensor, output_dir, encoded: tuple | None = None) -> dict:
+    """Write the files of one clip and its caption that are missing, and return its json entry. `encoded` is its
+    (posterior, embeds, mask) from `encode_clips`; without it the clip and caption are encoded here, alone."""
     files, out = item_files(output_dir, item.key), Path(output_dir)
-    posterior = encode_video(enc.vae, pixels[None])[0]
-    embeds, mask = encode_prompts(enc.text_encoder, enc.tokenizer, [item.caption], enc.max_sequence_length)
+    if encoded is None:
+        posterior = encode_video(enc.vae, pixels[None])[0]
+        embeds, mask = encode_prompts(enc.text_encoder, enc.tokenizer, [item.caption], enc.max_sequence_length)
+        encoded = (posterior, embeds[0], mask[0])
+    posterior, embeds, mask = encoded
     _save_new(files["latent"], posterior)
-    _save_new(files["prompt_embed"], embeds[0])
-    _save_new(files["prompt_attention_mask"], mask[0])
+    _save_new(files["prompt_embed"], embeds)
+    _save_new(files["prompt_attention_mask"], mask)
     entry = {"latent_path": str(files["latent"].relative_to(out)), "prompt_embed_path": str(files["prompt_embed"].relative_to(out)),
              "prompt_attention_mask": str(files["prompt_attention_mask"].relative_to(out)), "length": posterior.shape[2],
              "latent_shape": list(posterior.shape[1:]), "num_frames": pixels.shape[1], "caption": item.caption,
@@ -309,33 +355,78 @@ def encode_validation_prompts(enc: Encoders, prompts_path, output_dir) -> list:
     return entries
 
 # %% ../nbs/02_data.ipynb #72dcd2c3
+_ITEM_FOLDERS = ("latent", "prompt_embed", "prompt_attention_mask", "meta")
+
+def _holds_items(out: Path) -> bool:
+    "Whether `out` holds any item file (finished or not; hidden temp files left by a kill do not count)."
+    return any(not f.name.startswith(".") for d in _ITEM_FOLDERS if (out / d).is_dir() for f in (out / d).iterdir())
+
 def _check_settings(out: Path, settings: dict):
-    "Write `settings` into a new output folder; in a used one raise `ValueError` unless they are the first run's."
+    """Raise `ValueError` if `out` holds items made with other settings than `settings`; writes nothing.
+    Settings pinned by a run that wrote no item do not count: that folder holds nothing to mix with."""
     path = out / "preprocess_settings.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        differ = [k for k in settings if old.get(k) != settings[k]]
-        if differ:
-            changes = "; ".join(f"--{k} was {old.get(k)}, now {settings[k]}" for k in differ)
-            raise ValueError(f"--output_dir {out} holds latents made with other settings ({changes}); resuming would mix "
-                             f"them. Use a new --output_dir, or rerun with the old settings to resume (see {path})")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    toy.write_text(path, json.dumps(settings, indent=1) + "\n")
+    if not path.is_file() or not _holds_items(out): return
+    old = json.loads(path.read_text())
+    differ = [k for k in settings if old.get(k) != settings[k]]
+    if differ:
+        changes = "; ".join(f"--{k} was {old.get(k)}, now {settings[k]}" for k in differ)
+        raise ValueError(f"--output_dir {out} holds latents made with other settings ({changes}); resuming would mix "
+                         f"them. Use a new --output_dir, or rerun with the old settings to resume (see {path})")
+
+def _pin_settings(out: Path, settings: dict):
+    "Record `settings` in `out/preprocess_settings.json`; called just before the first item is written."
+    path = out / "preprocess_settings.json"
+    if not path.is_file() or json.loads(path.read_text()) != settings:
+        toy.write_text(path, json.dumps(settings, indent=1) + "\n")
+
+def _check_output_dir(out: Path):
+    "`--output_dir` must be a folder or not exist yet (nor any folder above it be a file)."
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"--output_dir {out}: {p} is a file, not a folder; expected a new folder or the "
+                                 f"folder of an earlier run")
+            return
+
+class NoItemsError(ValueError):
+    "Preprocessing ended with no usable item: the output would be empty."
+
+def _no_items_error(out: Path, shown: int = 5) -> NoItemsError:
+    errors = json.loads((out / "errors.json").read_text())
+    if not errors: return NoItemsError(f"preprocess: the merge file lists no items, so {out / 'videos2caption.json'} is empty")
+    lines = "".join(f"\n  {e['item']}: field {e['field']!r}: {e['reason']}" for e in errors[:shown])
+    more = f"\n  ... and {len(errors) - shown} more" if len(errors) > shown else ""
+    return NoItemsError(f"preprocess: no usable item, so {out / 'videos2caption.json'} is empty; {len(errors)} problems "
+                        f"(all in {out / 'errors.json'}):{lines}{more}")
+
+def _chunks(items: list, batch_size: int) -> list:
+    "`items` in chunks of `batch_size`, videos and images apart (their clips differ in frame count)."
+    out = []
+    for is_image in (False, True):
+        group = [it for it in items if it.is_image == is_image]
+        out += [group[s:s + batch_size] for s in range(0, len(group), batch_size)]
+    return out
 
 def preprocess(data_merge_path, output_dir, model_path, num_frames: int = 19, height: int = 64, width: int = 112,
                train_fps: float | None = None, validation_prompts=None, dtype="float32", vae_tiling: bool = False,
-               max_sequence_length: int | None = None, device: str | None = None, progress: bool = True) -> dict:
-    "Encode every item of the merge file into `output_dir`; returns a summary (items, done before, written, failed)."
+               max_sequence_length: int | None = None, device: str | None = None, progress: bool = True,
+               batch_size: int = 8) -> dict:
+    """Encode every item of the merge file into `output_dir`; returns a summary (items, done before, written, failed).
+    Clips go through the encoders `batch_size` at a time (1: one by one); each item's files are still written on
+    their own, so a killed run keeps every finished item. Raises `NoItemsError` when no item could be used."""
     import torch.distributed as dist
     check_clip_size(num_frames, height, width)
     if train_fps is not None and train_fps <= 0: raise ValueError(f"--train_fps={train_fps} must be positive")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--preprocess_batch_size={batch_size} must be a positive whole number")
     if validation_prompts and not Path(validation_prompts).is_file():  # before hours of encoding, not after
         raise FileNotFoundError(f"--validation_prompts {validation_prompts} does not exist")
     out = Path(output_dir)
-    root = resolve_model_path(model_path)  # before the settings are written: a mistyped path must not pin them
-    _check_settings(out, {"model_path": "toy" if str(model_path) == "toy" else str(root.resolve()), "num_frames": num_frames,
-                          "height": height, "width": width, "train_fps": None if train_fps is None else float(train_fps)})
+    _check_output_dir(out)
+    root = resolve_model_path(model_path)
+    settings = {"model_path": "toy" if str(model_path) == "toy" else str(root.resolve()), "num_frames": num_frames,
+                "height": height, "width": width, "train_fps": None if train_fps is None else float(train_fps)}
+    _check_settings(out, settings)  # compares only: the settings are pinned with the first item written
     # ranks finish their shards at different times: the closing barrier must outwait the slowest one
     state = init_distributed(1, timeout_s=12 * 3600)  # no torchrun: one process; a caller's group is reused, not owned
     rank, world = state.rank, state.world_size
@@ -345,11 +436,19 @@ def preprocess(data_merge_path, output_dir, model_path, num_frames: int = 19, he
         enc = load_encoders(root, dtype=dtype, device=device, vae_tiling=vae_tiling, max_sequence_length=max_sequence_length)
         mine = items[rank::world]
         todo = [it for it in mine if not item_files(out, it.key)["meta"].exists()]
-        my_errors = []
-        for item in tqdm(todo, desc=f"preprocess (rank {rank}/{world})", unit="item", disable=rank != 0 or not progress):
-            try: pixels = load_clip(item, num_frames, height, width, train_fps)
-            except DataError as e: my_errors.append(e.record); continue
-            encode_item(enc, item, pixels, out)
+        my_errors, pinned = [], False
+        bar = tqdm(total=len(todo), desc=f"preprocess (rank {rank}/{world})", unit="item", disable=rank != 0 or not progress)
+        for chunk in _chunks(todo, batch_size):
+            loaded = []
+            for item in chunk:
+                try: loaded.append((item, load_clip(item, num_frames, height, width, train_fps)))
+                except DataError as e: my_errors.append(e.record)
+            if loaded and not pinned: _pin_settings(out, settings); pinned = True
+            if batch_size == 1: encoded = [None] * len(loaded)  # the one-by-one path of encode_item, unchanged
+            else: encoded = encode_clips(enc, [clip for _, clip in loaded], [item.caption for item, _ in loaded])
+            for (item, clip), enc_item in zip(loaded, encoded): encode_item(enc, item, clip, out, encoded=enc_item)
+            bar.update(len(chunk))
+        bar.close()
         part = out / "parts" / f"rank{rank}-of-{world}.json"
         part.parent.mkdir(parents=True, exist_ok=True)
         toy.write_text(part, json.dumps({"errors": my_errors, "done_before": len(mine) - len(todo),
@@ -360,15 +459,16 @@ def preprocess(data_merge_path, output_dir, model_path, num_frames: int = 19, he
             parts = [json.loads((out / "parts" / f"rank{r}-of-{world}.json").read_text()) for r in range(world)]
             errors += [e for p in parts for e in p["errors"]]
             entries = [json.loads(f.read_text()) for it in items if (f := item_files(out, it.key)["meta"]).exists()]
+            toy.write_text(out / "errors.json", json.dumps(errors, indent=1) + "\n")  # first: the user reads them either way
             toy.write_text(out / "videos2caption.json", json.dumps(entries, indent=1) + "\n")
-            toy.write_text(out / "errors.json", json.dumps(errors, indent=1) + "\n")
-            if validation_prompts: encode_validation_prompts(enc, validation_prompts, out)
+            if validation_prompts and entries: encode_validation_prompts(enc, validation_prompts, out)
             summary = {"items": len(items), "listed": len(entries), "done_before": sum(p["done_before"] for p in parts),
                        "encoded": sum(p["encoded"] for p in parts), "failed": len(errors)}
             for e in errors: print(f"preprocess: skipped {e['item']}: field {e['field']!r}: {e['reason']}", file=sys.stderr)
             print(f"preprocess: {len(entries)} items in {out / 'videos2caption.json'} ({summary['encoded']} encoded now, "
                   f"{summary['done_before']} done before); {len(errors)} problems listed in {out / 'errors.json'}", file=sys.stderr)
         if world > 1: dist.barrier()  # every rank returns once the json exists
+        if not json.loads((out / "videos2caption.json").read_text()): raise _no_items_error(out)  # every rank: all agree
         return summary
     finally:
         destroy_distributed()
@@ -377,7 +477,8 @@ def preprocess(data_merge_path, output_dir, model_path, num_frames: int = 19, he
 def _preprocess_cli(args):
     preprocess(args.data_merge_path, args.output_dir, args.model_path, num_frames=args.num_frames, height=args.height,
                width=args.width, train_fps=args.train_fps, validation_prompts=args.validation_prompts, dtype=args.dtype,
-               vae_tiling=args.vae_tiling, max_sequence_length=args.max_sequence_length)
+               vae_tiling=args.vae_tiling, max_sequence_length=args.max_sequence_length,
+               batch_size=args.preprocess_batch_size)
 
 def add_preprocess(sub):
     "Add the `preprocess` subcommand to an argparse subparsers object."
@@ -394,6 +495,8 @@ def add_preprocess(sub):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="encoder weights")
     p.add_argument("--vae_tiling", action="store_true", help="encode large frames in tiles (less memory)")
     p.add_argument("--max_sequence_length", type=int, default=None, help="text tokens (default: the model's)")
+    p.add_argument("--preprocess_batch_size", type=int, default=8,
+                   help="clips encoded together (memory grows with it; 1: one at a time)")
     p.set_defaults(func=_preprocess_cli)
     return p
 

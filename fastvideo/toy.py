@@ -284,18 +284,57 @@ def _read_video_av(path) -> tuple:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
         return frames, float(stream.average_rate)
 
-def _decord_frames(reader, path, indices: list) -> np.ndarray:
-    "Frames `indices` (T, H, W, 3) uint8 from a decord reader of `path`; PyAV where decord cannot convert the size."
+@contextmanager
+def _native_stderr_captured():
+    """Send what native code (decord, FFmpeg) writes to file descriptor 2 into a buffer for the block; yields an object
+    whose `.text` holds it once the block is left. Python's `sys.stderr` is flushed first, so nothing of ours is lost."""
+    import sys, types
+    box = types.SimpleNamespace(text="")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try: yield box
+        finally:
+            os.dup2(saved, 2); os.close(saved)
+            tmp.seek(0); box.text = tmp.read().decode(errors="replace")
+
+def _native_reason(log: str, error: Exception) -> str:
+    "The most telling line of what decord/FFmpeg said, without their '[mov,mp4 @ 0x..]' and 'src/x.cc:83:' prefixes."
+    lines = []
+    for line in [*log.splitlines(), *str(error).splitlines()]:
+        line = re.sub(r"^(\s*\[[^\]]*\]\s*)+", "", line)                # [21:35:10] [mov,mp4,... @ 0x55..]
+        line = re.sub(r"^\S*/src/\S+:\d+:\s*", "", line).strip()        # /github/workspace/src/video/video_reader.cc:83:
+        if line and line not in lines: lines.append(line)
+    telling = [l for l in lines if re.search(r"moov atom|partial file|Invalid data|End of file|truncat", l)]
+    return (telling or lines or [type(error).__name__])[0][:200]
+
+def _open_decord(path, num_threads: int = 0):
+    "A decord `VideoReader` of `path`, opened quietly; `ValueError` in plain words when the file cannot be read."
     import decord
-    try: return reader.get_batch(indices).asnumpy()
-    except decord.DECORDError as e:  # decord 0.6 rejects some narrow frames (e.g. 48 px wide) in its RGB conversion
-        if "size must exactly match" not in str(e): raise
+    with _native_stderr_captured() as log:
+        try: reader, error = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads), None
+        except (decord.DECORDError, RuntimeError) as e: reader, error = None, e
+    if error is not None:
+        raise ValueError(f"cannot read video {path}: the file is damaged, truncated or not a video "
+                         f"(decord: {_native_reason(log.text, error)})")
+    return reader
+
+def _decord_frames(reader, path, indices: list) -> np.ndarray:
+    """Frames `indices` (T, H, W, 3) uint8 from a decord reader of `path`; PyAV where decord cannot convert the size.
+    Quiet: decord's and FFmpeg's own log lines stay off stderr; a frame that cannot be decoded raises `ValueError`."""
+    import decord
+    with _native_stderr_captured() as log:
+        try: frames, error = reader.get_batch(indices).asnumpy(), None
+        except decord.DECORDError as e: frames, error = None, e
+    if error is None: return frames
+    if "size must exactly match" in str(error):  # decord 0.6 rejects some narrow frames (e.g. 48 px wide) in its RGB conversion
         return _read_video_av(path)[0][indices]
+    raise ValueError(f"cannot decode frames of {path}: the file is damaged or truncated (decord: {_native_reason(log.text, error)})")
 
 def read_video(path) -> tuple:
     "Frames (T, H, W, 3) uint8 and fps of a video file, read with decord (PyAV where decord cannot convert the size)."
-    import decord
-    vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+    vr = _open_decord(path)
     return _decord_frames(vr, path, list(range(len(vr)))), float(vr.get_avg_fps())
 
 def read_media(path) -> np.ndarray:
