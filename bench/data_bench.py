@@ -13,7 +13,7 @@ import decord
 import numpy as np
 import torch
 
-from fastvideo import data, toy
+from fastvideo import data, media, toy
 
 
 def decode_decord(path):
@@ -21,7 +21,7 @@ def decode_decord(path):
     return reader.get_batch(list(range(len(reader)))).asnumpy()
 
 
-def decode_pyav(path): return toy._read_video_av(path)[0]
+def decode_pyav(path): return media.read_video_av(path)[0]
 
 
 def best_time(fn, repeats):

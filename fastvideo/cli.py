@@ -8,7 +8,7 @@ import argparse, json, os, sys, time
 from pathlib import Path
 
 
-from . import toy
+from . import media, toy
 from .data import add_preprocess
 from .launch import add_launch
 from .sampling import add_sample
@@ -29,10 +29,11 @@ def add_toy_data(sub):
     p.add_argument("--n_videos", type=int, default=64, help="number of mp4 clips")
     p.add_argument("--n_images", type=int, default=16, help="number of jpg images")
     p.add_argument("--seed", type=int, default=0, help="same seed, same data set")
-    p.add_argument("--num_frames", type=int, default=19, help="frames per clip; (frames-1) %% 6 == 0")
-    p.add_argument("--height", type=int, default=64, help="pixels")
-    p.add_argument("--width", type=int, default=112, help="pixels")
-    p.add_argument("--fps", type=float, default=8.0, help="frames per second")
+    v = toy.TOY_VIDEO
+    p.add_argument("--num_frames", type=int, default=v.num_frames, help="frames per clip; (frames-1) %% 6 == 0")
+    p.add_argument("--height", type=int, default=v.height, help="pixels, multiple of 16")
+    p.add_argument("--width", type=int, default=v.width, help="pixels, multiple of 16")
+    p.add_argument("--fps", type=float, default=v.fps, help="frames per second")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=_toy_data)
 
@@ -56,7 +57,7 @@ def _demo_data(root: Path, n_videos: int, n_images: int, seed: int):
     # generation is deterministic, so finishing a half-written folder rewrites identical files
     print(f"[demo] 1/4 writing the toy data set to {root}")
     toy.make_dataset(root, n_videos=n_videos, n_images=n_images, seed=seed, overwrite=root.exists())
-    toy.write_text(record, json.dumps(settings) + "\n")
+    media.write_text(record, json.dumps(settings) + "\n")
 
 def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_steps=8, overwrite=False) -> dict:
     """Run the toy pipeline into `output_dir`; returns the report also written to `report.json`. A rerun resumes;
@@ -67,7 +68,7 @@ def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_step
     root = out / "data"
     _demo_data(root, n_videos, n_images, seed)
     items = json.loads((root / "data.json").read_text())
-    clips = [toy.read_media(root / "media" / it["path"]) for it in items]
+    clips = [media.read_media(root / "media" / it["path"]) for it in items]
     captions = [it["cap"][0] for it in items]
     fig = toy.frame_grid(clips[:6], captions[:6]); fig.savefig(out / "preview.png", dpi=80)
     print("[demo] 2/4 preprocessing (toy VAE + toy T5; finished items are skipped)")
@@ -77,10 +78,10 @@ def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_step
                              scheduler_type="pcm_linear_quadratic", seed=seed, overwrite=overwrite)
     print("[demo] 4/4 scoring")
     report = {"data": toy.score_many(clips, captions), "preprocess": summary,
-              "samples": toy.score_many([toy.read_media(v) for v in videos], DEMO_PROMPTS),
+              "samples": toy.score_many([media.read_media(v) for v in videos], DEMO_PROMPTS),
               "sample_videos": [str(v) for v in videos],
               "note": "the toy DiT is not trained yet (fine-tuning is a later stage): samples score near zero"}
-    toy.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    media.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     print(_scores_line("toy data", report["data"]))
     print(_scores_line("samples ", report["samples"]))
     print(f"[demo] wrote {out / 'preview.png'}, {out / 'samples'}, {out / 'report.json'} in {time.time() - started:.1f}s")

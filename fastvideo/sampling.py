@@ -13,24 +13,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import data, toy
-from .config import preset
+from . import data, media, toy
+from .config import Preset, VAEConfig, preset
 from .distributed import (broadcast, destroy_distributed, dp_rank, dp_size, gather, init_distributed,
                                    is_main, shard, sp_rank, sp_size)
+from .models import (PIPELINE_PARTS, check_model_folder, default_device, denormalize_latents,
+                              encode_prompts, load_encoders)
+from .toy_models import add_toy_transformer  # the toy models' lesson; importable from here too, as before
 from .schedulers import SCHEDULER_TYPES, Schedule, euler_step, make_schedule
 
 # %% auto #0
-__all__ = ['PIPELINE_PARTS', 'VIDEO_SETTINGS', 'CONTACT_SHEET_MAX', 'check_model_folder', 'Pipeline', 'add_toy_transformer',
-           'read_prompts', 'encode', 'prepare_latents', 'denoise', 'decode', 'to_uint8', 'load_pipeline',
-           'latent_shape', 'generate', 'slug', 'SampleRun', 'model_fingerprint', 'sample', 'videos_to_make',
-           'add_sample']
-
-# %% ../nbs/06_sampling.ipynb #0345f7c7
-PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-
-def check_model_folder(model_path, parts=PIPELINE_PARTS) -> Path:
-    "The folder `model_path` names (`'toy'` is the shipped toy family), checked to hold each of `parts`."
-    return data.resolve_model_path(model_path, parts)
+__all__ = ['VIDEO_SETTINGS', 'CONTACT_SHEET_MAX', 'Pipeline', 'read_prompts', 'encode', 'prepare_latents', 'denoise', 'decode',
+           'to_uint8', 'load_pipeline', 'latent_shape', 'generate', 'slug', 'SampleRun', 'model_fingerprint', 'sample',
+           'videos_to_make', 'add_sample']
 
 # %% ../nbs/06_sampling.ipynb #0b19af90
 @dataclass
@@ -47,7 +42,7 @@ class Pipeline:
     def from_pretrained(cls, model_path, torch_dtype=torch.float32, device="cpu", vae_tiling=False, transformer=None):
         "Load every part of `model_path`; pass `transformer` to sample with another DiT (an EMA or LoRA copy)."
         root = check_model_folder(model_path)
-        enc = data.load_encoders(root, dtype=torch_dtype, device=device, vae_tiling=vae_tiling)
+        enc = load_encoders(root, dtype=torch_dtype, device=device, vae_tiling=vae_tiling)
         if transformer is None:
             from fastvideo.dit import MochiDiT
             transformer = MochiDiT.from_pretrained(root / "transformer", torch_dtype=torch_dtype)
@@ -58,27 +53,6 @@ class Pipeline:
     def device(self): return next(self.transformer.parameters()).device
     @property
     def dtype(self): return next(self.transformer.parameters()).dtype
-
-# %% ../nbs/06_sampling.ipynb #af9dc088
-def add_toy_transformer(path=None, seed: int = 0, overwrite: bool = False) -> Path:
-    "Write `transformer/` (a toy-sized DiT, random weights) and `scheduler/` into a model folder; list them in model_index.json."
-    import diffusers
-    from fastvideo.dit import MochiDiT, randomize_parameters
-    from fastvideo.schedulers import diffusers_scheduler_config
-    root = Path(path) if path else toy.model_path()
-    if (root / "transformer").exists() and not overwrite:
-        raise FileExistsError(f"{root / 'transformer'} exists; pass overwrite=True to replace it")
-    model = randomize_parameters(MochiDiT.from_config("toy"), seed)
-    model.save_pretrained(root / "transformer")
-    (root / "scheduler").mkdir(exist_ok=True)
-    toy.write_text(root / "scheduler" / "scheduler_config.json",
-                   json.dumps(diffusers_scheduler_config() | {"_diffusers_version": diffusers.__version__}, indent=2) + "\n")
-    index_path = root / "model_index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {"_class_name": "MochiPipeline"}
-    index |= {"transformer": ["diffusers", "MochiTransformer3DModel"],
-              "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}
-    toy.write_text(index_path, json.dumps(index, indent=2) + "\n")
-    return root
 
 # %% ../nbs/06_sampling.ipynb #121eab00
 def read_prompts(prompt=None, prompt_path=None) -> list:
@@ -103,7 +77,7 @@ def encode(pipe: Pipeline, prompts: list, negative_prompt=None, guidance: bool =
     if len(negatives) != len(prompts):
         raise ValueError(f"negative_prompt: got {len(negatives)} for {len(prompts)} prompts")
     texts = (negatives + prompts) if guidance else prompts
-    embeds, mask = data.encode_prompts(pipe.text_encoder, pipe.tokenizer, texts, pipe.max_sequence_length)
+    embeds, mask = encode_prompts(pipe.text_encoder, pipe.tokenizer, texts, pipe.max_sequence_length)
     return embeds.to(pipe.device, pipe.dtype), mask.to(pipe.device)
 
 # %% ../nbs/06_sampling.ipynb #5520b4c0
@@ -133,7 +107,7 @@ def denoise(transformer, latents: torch.Tensor, embeds: torch.Tensor, mask: torc
 @torch.no_grad()
 def decode(vae, latents: torch.Tensor) -> np.ndarray:
     "DiT latents (B, C, t, h, w) -> float32 frames in [0, 1], (B, T, H, W, 3)."
-    z = data.denormalize_latents(latents.to(vae.dtype), vae.config)
+    z = denormalize_latents(latents.to(vae.dtype), vae.config)
     video = vae.decode(z.to(vae.device), return_dict=False)[0]
     return (video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu().numpy()
 
@@ -154,9 +128,11 @@ def load_pipeline(model_path, torch_dtype=torch.float32, device="cpu", vae_tilin
 
 def latent_shape(pipe: Pipeline, num_frames: int, height: int, width: int) -> tuple:
     "(channels, latent frames, latent height, latent width) the pipeline's DiT and VAE use for a clip of this size."
-    vae = preset("mochi-10b").vae  # Mochi's VAE compression: 8x in space, 6x in time; the DiT sets the channels
-    return (pipe.transformer.config.in_channels, vae.latent_frames(num_frames),
-            height // vae.spatial_compression, width // vae.spatial_compression)
+    # the loaded VAE's own compression (Mochi's: 8x in space, 6x in time); the DiT sets the channels
+    vae = VAEConfig(latent_channels=pipe.transformer.config.in_channels,
+                    spatial_compression=pipe.vae.spatial_compression_ratio,
+                    temporal_compression=pipe.vae.temporal_compression_ratio)
+    return Preset("pipeline", vae=vae).latent_shape(num_frames, height, width)
 
 def _default_video(model_path):
     return preset("toy" if str(model_path) == "toy" else "mochi-10b").video
@@ -311,8 +287,8 @@ def _write_contact_sheet(run: SampleRun, made: list):
     names = [p.name for p in shown]
     if (sheet.exists() and not any(i < len(shown) for i in made) and previous.is_file()
             and json.loads(previous.read_text()).get("contact_sheet") == names): return names
-    fig = toy.frame_grid([toy.read_media(p) for p in shown], run.prompts[:len(shown)])
-    with toy._atomic_write(sheet) as tmp: fig.savefig(tmp, dpi=80, format="png")
+    fig = toy.frame_grid([media.read_media(p) for p in shown], run.prompts[:len(shown)])
+    with media.atomic_write(sheet) as tmp: fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return names
 
@@ -322,7 +298,7 @@ def _sample(run: SampleRun, overwrite: bool) -> list:
     run.output_path.mkdir(parents=True, exist_ok=True)
     if is_main() and len(todo_all) < len(run.prompts):
         print(f"[sample] {len(run.prompts) - len(todo_all)} of {len(run.prompts)} videos exist with these settings; keeping them")
-    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     pipe = load_pipeline(run.model_path, run.torch_dtype, device, run.vae_tiling) if todo else None
     shape = latent_shape(pipe, run.num_frames, run.height, run.width) if todo else None
     started, writer, paths = time.time(), sp_rank() == 0, run.paths  # one rank of each SP group decodes and writes
@@ -336,15 +312,15 @@ def _sample(run: SampleRun, overwrite: bool) -> list:
                           **run.schedule_args)
         if writer:
             for i, f in zip(batch, frames):  # the record first: a video without a record is never taken as done
-                toy.write_text(paths[i].with_suffix(".json"), json.dumps(run.video_record(i), indent=1) + "\n")
-                toy.write_mp4(paths[i], to_uint8(f), run.fps)
+                media.write_text(paths[i].with_suffix(".json"), json.dumps(run.video_record(i), indent=1) + "\n")
+                media.write_mp4(paths[i], to_uint8(f), run.fps)
     if torch.distributed.is_initialized(): torch.distributed.barrier()
     if is_main():
         record = asdict(run) | {"output_path": str(run.output_path), "videos": [p.name for p in paths],
                                 "contact_sheet": _write_contact_sheet(run, todo_all), "generated_now": len(todo_all),
                                 "seconds": round(time.time() - started, 2),
                                 "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1}
-        toy.write_text(run.output_path / "settings.json", json.dumps(record, indent=2, default=str) + "\n")
+        media.write_text(run.output_path / "settings.json", json.dumps(record, indent=2, default=str) + "\n")
     return paths
 
 # %% ../nbs/06_sampling.ipynb #f6a0c7a0

@@ -4,24 +4,23 @@
 
 # %% ../nbs/01_toy.ipynb #1db5ebf9
 from __future__ import annotations
-import io, json, os, re, shutil, tempfile
-from contextlib import contextmanager
+import io, json, re
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
-from PIL import Image
 import matplotlib.pyplot as plt
+from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from .config import preset
+from .media import read_media, read_video, write_jpg, write_mp4, write_text  # toy.read_media & co. keep working
+
 # %% auto #0
-__all__ = ['COLORS', 'SHAPES', 'MOTIONS', 'BACKGROUND', 'MARGIN', 'BRIGHT', 'STILL_PIXELS', 'caption_for', 'parse_caption',
-           'ClipSpec', 'sample_spec', 'shape_mask', 'render', 'frame_grid', 'to_gif', 'score', 'score_many',
-           'write_mp4', 'write_jpg', 'write_text', 'item_spec', 'make_dataset', 'read_video', 'read_media',
-           'model_path']
+__all__ = ['COLORS', 'SHAPES', 'MOTIONS', 'BACKGROUND', 'TOY_VIDEO', 'MARGIN', 'BRIGHT', 'STILL_PIXELS', 'caption_for',
+           'parse_caption', 'ClipSpec', 'sample_spec', 'shape_mask', 'render', 'frame_grid', 'to_gif', 'score',
+           'score_many', 'item_spec', 'make_dataset', 'model_path']
 
 # %% ../nbs/01_toy.ipynb #1f9581e8
 COLORS = {"red": (230, 30, 30), "green": (30, 210, 50), "blue": (40, 80, 255),
@@ -29,6 +28,7 @@ COLORS = {"red": (230, 30, 30), "green": (30, 210, 50), "blue": (40, 80, 255),
 SHAPES = ("circle", "square", "triangle")
 MOTIONS = ("left", "right", "up", "down", "still")
 BACKGROUND = (14, 14, 20)  # dark, so an object is wherever any channel is bright
+TOY_VIDEO = preset("toy").video  # the clip size (19 frames, 64 x 112, 8 fps): the toy preset is its one source
 
 # %% ../nbs/01_toy.ipynb #99348dd7
 def caption_for(color: str, shape: str, motion: str) -> str:
@@ -59,9 +59,9 @@ class ClipSpec:
     y: float
     dx: float = 0.0       # displacement over the whole clip
     dy: float = 0.0
-    num_frames: int = 19
-    height: int = 64
-    width: int = 112
+    num_frames: int = TOY_VIDEO.num_frames
+    height: int = TOY_VIDEO.height
+    width: int = TOY_VIDEO.width
 
     @property
     def caption(self) -> str: return caption_for(self.color, self.shape, self.motion)
@@ -69,7 +69,8 @@ class ClipSpec:
 # %% ../nbs/01_toy.ipynb #823a5d82
 MARGIN = 2  # pixels kept free around the object
 
-def sample_spec(rng: np.random.Generator, num_frames=19, height=64, width=112, motion=None) -> ClipSpec:
+def sample_spec(rng: np.random.Generator, num_frames=TOY_VIDEO.num_frames, height=TOY_VIDEO.height,
+                width=TOY_VIDEO.width, motion=None) -> ClipSpec:
     "A random clip of the world; `num_frames=1` or `motion='still'` gives a still object."
     color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
     motion = motion or ("still" if num_frames == 1 else rng.choice(MOTIONS))
@@ -118,7 +119,7 @@ def frame_grid(clips, captions=None, n_frames=5, scale=2):
     return fig
 
 # %% ../nbs/01_toy.ipynb #ff6b40c2
-def to_gif(clips, fps: float = 8.0, gap: int = 4) -> bytes:
+def to_gif(clips, fps: float = TOY_VIDEO.fps, gap: int = 4) -> bytes:
     "Bytes of an animated GIF that plays `clips` (each (T, H, W, 3) uint8, same T, H) side by side."
     T = min(len(c) for c in clips)
     sep = np.zeros((T, clips[0].shape[1], gap, 3), np.uint8)
@@ -197,53 +198,15 @@ def score_many(videos, captions) -> dict:
     keys = ("color", "shape", "motion", "one_object", "mean")
     return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {"n": len(rows)}
 
-# %% ../nbs/01_toy.ipynb #9cac5171
-_UMASK = os.umask(0o022); os.umask(_UMASK)  # read once: os.umask can only be read by setting it
-
-def _atomic_path(path: Path):
-    "A temporary path beside `path`, to be renamed onto it when complete."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the file the permissions open() would
-    return Path(tmp)
-
-@contextmanager
-def _atomic_write(path):
-    "Yield a temporary path beside `path`; it replaces `path` when the block completes and is removed if it fails."
-    path = Path(path)
-    tmp = _atomic_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-def write_mp4(path, frames: np.ndarray, fps: float, crf: int = 12):
-    "Write (T, H, W, 3) uint8 frames as an H.264 mp4 (yuv420p, no B-frames so frame counts are exact)."
-    with _atomic_write(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"crf": str(crf), "bf": "0", "threads": "1"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-        container.mux(stream.encode())
-
-def write_jpg(path, image: np.ndarray, quality: int = 95):
-    with _atomic_write(path) as tmp: Image.fromarray(image).save(tmp, format="JPEG", quality=quality, subsampling=0)
-
-def write_text(path, text: str):
-    "Write a text file atomically."
-    with _atomic_write(path) as tmp: tmp.write_text(text)
-
 # %% ../nbs/01_toy.ipynb #30f9316b
-def item_spec(seed: int, index: int, is_image: bool, num_frames=19, height=64, width=112) -> ClipSpec:
+def item_spec(seed: int, index: int, is_image: bool, num_frames=TOY_VIDEO.num_frames, height=TOY_VIDEO.height,
+              width=TOY_VIDEO.width) -> ClipSpec:
     "The clip of item `index`: each item has its own random stream, so items do not depend on the data set size."
     rng = np.random.default_rng([seed, int(is_image), index])
     return sample_spec(rng, 1 if is_image else num_frames, height, width)
 
-def make_dataset(out_dir, n_videos: int = 64, n_images: int = 16, seed: int = 0, num_frames: int = 19,
-                 height: int = 64, width: int = 112, fps: float = 8.0, overwrite: bool = False,
+def make_dataset(out_dir, n_videos: int = 64, n_images: int = 16, seed: int = 0, num_frames: int = TOY_VIDEO.num_frames,
+                 height: int = TOY_VIDEO.height, width: int = TOY_VIDEO.width, fps: float = TOY_VIDEO.fps, overwrite: bool = False,
                  progress: bool = True) -> Path:
     "Write the toy data set: `media/` (mp4 + jpg), `data.json` and `merge.txt`; returns the merge file's path."
     out = Path(out_dir)
@@ -276,72 +239,6 @@ def make_dataset(out_dir, n_videos: int = 64, n_images: int = 16, seed: int = 0,
     merge = out / "merge.txt"
     write_text(merge, "media,data.json\n")  # relative to the merge file: the folder can be moved or copied whole
     return merge
-
-# %% ../nbs/01_toy.ipynb #90ba5b76
-def _read_video_av(path) -> tuple:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
-        return frames, float(stream.average_rate)
-
-@contextmanager
-def _native_stderr_captured():
-    """Send what native code (decord, FFmpeg) writes to file descriptor 2 into a buffer for the block; yields an object
-    whose `.text` holds it once the block is left. Python's `sys.stderr` is flushed first, so nothing of ours is lost."""
-    import sys, types
-    box = types.SimpleNamespace(text="")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try: yield box
-        finally:
-            os.dup2(saved, 2); os.close(saved)
-            tmp.seek(0); box.text = tmp.read().decode(errors="replace")
-
-def _native_reason(log: str, error: Exception) -> str:
-    "The most telling line of what decord/FFmpeg said, without their '[mov,mp4 @ 0x..]' and 'src/x.cc:83:' prefixes."
-    lines = []
-    for line in [*log.splitlines(), *str(error).splitlines()]:
-        line = re.sub(r"^(\s*\[[^\]]*\]\s*)+", "", line)                # [21:35:10] [mov,mp4,... @ 0x55..]
-        line = re.sub(r"^\S*/src/\S+:\d+:\s*", "", line).strip()        # /github/workspace/src/video/video_reader.cc:83:
-        if line and line not in lines: lines.append(line)
-    telling = [l for l in lines if re.search(r"moov atom|partial file|Invalid data|End of file|truncat", l)]
-    return (telling or lines or [type(error).__name__])[0][:200]
-
-def _open_decord(path, num_threads: int = 0):
-    "A decord `VideoReader` of `path`, opened quietly; `ValueError` in plain words when the file cannot be read."
-    import decord
-    with _native_stderr_captured() as log:
-        try: reader, error = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads), None
-        except (decord.DECORDError, RuntimeError) as e: reader, error = None, e
-    if error is not None:
-        raise ValueError(f"cannot read video {path}: the file is damaged, truncated or not a video "
-                         f"(decord: {_native_reason(log.text, error)})")
-    return reader
-
-def _decord_frames(reader, path, indices: list) -> np.ndarray:
-    """Frames `indices` (T, H, W, 3) uint8 from a decord reader of `path`; PyAV where decord cannot convert the size.
-    Quiet: decord's and FFmpeg's own log lines stay off stderr; a frame that cannot be decoded raises `ValueError`."""
-    import decord
-    with _native_stderr_captured() as log:
-        try: frames, error = reader.get_batch(indices).asnumpy(), None
-        except decord.DECORDError as e: frames, error = None, e
-    if error is None: return frames
-    if "size must exactly match" in str(error):  # decord 0.6 rejects some narrow frames (e.g. 48 px wide) in its RGB conversion
-        return _read_video_av(path)[0][indices]
-    raise ValueError(f"cannot decode frames of {path}: the file is damaged or truncated (decord: {_native_reason(log.text, error)})")
-
-def read_video(path) -> tuple:
-    "Frames (T, H, W, 3) uint8 and fps of a video file, read with decord (PyAV where decord cannot convert the size)."
-    vr = _open_decord(path)
-    return _decord_frames(vr, path, list(range(len(vr)))), float(vr.get_avg_fps())
-
-def read_media(path) -> np.ndarray:
-    "Frames of a video, or a 1-frame clip of an image."
-    path = Path(path)
-    if path.suffix.lower() in (".jpg", ".jpeg", ".png"): return np.asarray(Image.open(path).convert("RGB"))[None]
-    return read_video(path)[0]
 
 # %% ../nbs/01_toy.ipynb #9a74a1ca
 def model_path() -> Path:

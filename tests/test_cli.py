@@ -1,5 +1,5 @@
 """The `fastvideo` command as a person meets it: the README's stated defaults, Ctrl-C, one closing line."""
-import os, re, shlex, signal, subprocess, sys, time
+import os, re, shlex, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -65,7 +65,10 @@ def test_ctrl_c_ends_with_one_line_and_a_resumable_folder(tmp_path):
 
 def test_packaging_builds_without_warnings(tmp_path):
     "setup.py itself warns of nothing (license classifiers, data folders as packages): `make` stays readable."
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ and *.egg-info behind
+    shutil.copytree(ROOT / "fastvideo", src / "fastvideo", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "settings.ini", "README.md"): shutil.copy(ROOT / name, src / name)
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     ours = [l for l in res.stderr.splitlines() if l.strip() and "Location 'file:" not in l]  # this machine's pip config

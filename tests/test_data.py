@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastvideo import data, toy
+from fastvideo import data, media, models, toy, toy_models
 
 PY = sys.executable
 BIN = Path(sys.executable).parent
@@ -190,8 +190,8 @@ def test_shipped_toy_vae_quality(tmp_path):
     merge = toy.make_dataset(tmp_path / "held", n_videos=16, n_images=0, seed=424242, progress=False)
     items = json.loads((merge.parent / "data.json").read_text())
     clips = [toy.read_media(merge.parent / "media" / it["path"]) for it in items]
-    recon = [data.vae_roundtrip(vae, c) for c in clips]
-    psnr = np.mean([data.psnr(data.resize_crop(r, 64, 112), data.resize_crop(c, 64, 112)) for r, c in zip(recon, clips)])
+    recon = [toy_models.vae_roundtrip(vae, c) for c in clips]
+    psnr = np.mean([toy_models.psnr(data.resize_crop(r, 64, 112), data.resize_crop(c, 64, 112)) for r, c in zip(recon, clips)])
     scores = toy.score_many(recon, [it["cap"][0] for it in items])
     print(f"toy VAE on 16 held-out clips: PSNR {psnr:.2f} dB, scorer {scores}")
     assert psnr >= 28 and scores["mean"] >= 0.95
@@ -261,10 +261,10 @@ def test_narrow_video_falls_back_to_pyav(tmp_path):
     toy.write_mp4(path, frames, fps=8.0)
     clip = data.load_clip(data.MediaItem(path, "x", False, None, "narrow"), 7, 32, 48)
     assert clip.shape == (3, 7, 32, 48)
-    expected = data.resize_crop(toy._read_video_av(path)[0][:7], 32, 48)
+    expected = data.resize_crop(media.read_video_av(path)[0][:7], 32, 48)
     assert torch.equal(clip, expected)
     clip = data.load_clip(data.MediaItem(path, "x", False, None, "narrow"), 4, 32, 48, train_fps=4.0)  # every 2nd frame
-    assert torch.equal(clip, data.resize_crop(toy._read_video_av(path)[0][[0, 2, 4, 6]], 32, 48))
+    assert torch.equal(clip, data.resize_crop(media.read_video_av(path)[0][[0, 2, 4, 6]], 32, 48))
 
 
 @pytest.mark.parametrize("n_items, batch_size, replicas", [(3, 3, 4), (5, 2, 4), (7, 1, 3), (4, 2, 2), (0, 2, 2)])
@@ -280,7 +280,7 @@ def test_bucket_sampler_same_steps_on_every_rank(n_items, batch_size, replicas):
 
 def test_saved_files_follow_the_umask(tmp_path, monkeypatch):
     "Files get the permissions open() would give (0o666 & ~umask), not a fixed 0o644."
-    monkeypatch.setattr(toy, "_UMASK", 0o027)
+    monkeypatch.setattr(media, "_UMASK", 0o027)
     data._save_new(tmp_path / "a.pt", torch.zeros(2))
     data._save_new(tmp_path / "b.json", {"x": 1})
     assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("a.pt", "b.json")] == [0o640, 0o640]
@@ -288,11 +288,11 @@ def test_saved_files_follow_the_umask(tmp_path, monkeypatch):
 
 
 def test_encode_prompts_blank_uses_empty_prompt(monkeypatch):
-    enc = data.load_encoders("toy")
+    enc = models.load_encoders("toy")
     calls = []
-    real = data.empty_prompt
-    monkeypatch.setattr(data, "empty_prompt", lambda *a, **k: calls.append(a) or real(*a, **k))
-    embeds, mask = data.encode_prompts(enc.text_encoder, enc.tokenizer, ["a red circle moving left", "  "],
+    real = models.empty_prompt
+    monkeypatch.setattr(models, "empty_prompt", lambda *a, **k: calls.append(a) or real(*a, **k))
+    embeds, mask = models.encode_prompts(enc.text_encoder, enc.tokenizer, ["a red circle moving left", "  "],
                                        enc.max_sequence_length)
     assert calls and not embeds[1].any() and not mask[1].any() and mask[0].any()
     e0, m0 = data.encode_prompts(enc.text_encoder, enc.tokenizer, ["a red circle moving left"], enc.max_sequence_length)
