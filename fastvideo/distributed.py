@@ -4,7 +4,7 @@
 
 # %% ../nbs/03b_distributed.ipynb #8ae31e2b
 from __future__ import annotations
-import os
+import atexit, os, weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,11 +33,13 @@ class ParallelState:
     sp_group: object = None   # None: no process group, every collective is skipped
     dp_group: object = None
     backend: str | None = None
-    owns_process_group: bool = False  # this call of init_process_group created the group: destroy_distributed tears it down
+    owns_process_group: bool = False  # this call created the process group: its destroy_distributed (or the exit) tears it down
 
 _state = ParallelState()
 _group_stack = []  # groups pushed by `sequence_parallel(...)`; the innermost wins over `_state.sp_group`
-_outer = []  # (state, len(_group_stack)) of the caller, per `init_distributed` not yet destroyed: a nested init restores them
+_outer = []  # (state, len(_group_stack)) of the caller, per `init_distributed` not yet destroyed: its destroy restores them
+_groups = {}  # sp_size -> (SP groups, DP groups) on the live process group: a second init reuses them, makes none
+_handed_out = []  # weak references to the states returned while groups live: teardown takes the groups out of them
 
 # %% ../nbs/03b_distributed.ipynb #2531d401
 def _torchrun_env(sp_size: int) -> dict | None:
@@ -54,7 +56,8 @@ def _torchrun_env(sp_size: int) -> dict | None:
 
 # %% ../nbs/03b_distributed.ipynb #e02cfe03
 def init_distributed(sp_size: int = 1, backend: str | None = None, timeout_s: float = 600) -> ParallelState:
-    "Process group, SP groups (consecutive ranks) and DP groups from the torchrun environment; gloo on CPU, NCCL on CUDA."
+    """Process group, SP groups (consecutive ranks) and DP groups from the torchrun environment; gloo on CPU, NCCL on
+    CUDA. Each call opens a level that one `destroy_distributed` closes; the groups are made once per `sp_size`."""
     global _state
     if not isinstance(sp_size, int) or sp_size < 1:
         raise ValueError(f"sp_size must be a positive integer, got {sp_size!r}")
@@ -71,26 +74,44 @@ def init_distributed(sp_size: int = 1, backend: str | None = None, timeout_s: fl
     if backend == "nccl": torch.cuda.set_device(local_rank)
     owns = not dist.is_initialized()  # a group that exists belongs to our caller (a notebook under `fastvideo launch`)
     if owns:
+        _release_groups()  # any left belong to a process group that is gone
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
-    # new_group is collective: every rank creates every group, in the same order
-    sp_groups = [dist.new_group(list(range(s, s + sp_size))) for s in range(0, world, sp_size)]
-    dp_groups = [dist.new_group(list(range(r, world, sp_size))) for r in range(sp_size)]
+    if sp_size not in _groups:  # a re-run init cell or a nested call reuses them: every group keeps threads alive
+        # new_group is collective: every rank creates every group, in the same order (the same calls on every rank)
+        _groups[sp_size] = ([dist.new_group(list(range(s, s + sp_size))) for s in range(0, world, sp_size)],
+                            [dist.new_group(list(range(r, world, sp_size))) for r in range(sp_size)])
+    sp_groups, dp_groups = _groups[sp_size]
     _outer.append((_state, len(_group_stack)))
     _state = ParallelState(rank, world, local_rank, sp_size, rank % sp_size, world // sp_size, rank // sp_size,
                            sp_groups[rank // sp_size], dp_groups[rank % sp_size], backend, owns)
+    _handed_out[:] = [r for r in _handed_out if r() is not None] + [weakref.ref(_state)]
     return _state
 
 # %% ../nbs/03b_distributed.ipynb #dc67ad9d
+def _release_groups():
+    "Drop every reference the kit holds to the groups it made: a ProcessGroup still referenced keeps its gloo threads."
+    for ref in _handed_out:
+        if (s := ref()) is not None: s.sp_group = s.dp_group = None
+    _handed_out.clear(); _groups.clear()
+
 def destroy_distributed():
-    "Undo the latest `init_distributed`: its process group if it created one, its SP state; call it in `finally`."
+    """Close the latest `init_distributed`: back to the caller's SP state, and the process group torn down if that
+    call created it; call it in `finally`. Without an open `init_distributed` it does nothing."""
     global _state
-    if dist.is_initialized() and _state.owns_process_group: dist.destroy_process_group()
-    if _outer and not _state.owns_process_group:  # nested: the caller's group, SP state and `sequence_parallel` blocks stay
-        _state, depth = _outer.pop()
-        del _group_stack[depth:]
-    else:
-        _state = ParallelState()
-        _group_stack.clear(); _outer.clear()
+    if not _outer: return
+    closing = _state
+    _state, depth = _outer.pop()
+    del _group_stack[depth:]  # `sequence_parallel` blocks opened inside the closed level
+    if closing.owns_process_group or not _outer:  # a process group made by someone else stays theirs
+        _release_groups()
+        if closing.owns_process_group and dist.is_initialized(): dist.destroy_process_group()
+
+@atexit.register
+def _destroy_at_exit():
+    """At interpreter exit, close the levels down to the one that created the process group: threads of a group
+    still alive when the interpreter finalises can abort the process (`terminate called without an active exception`)."""
+    while any(s.owns_process_group for s in (_state, *(s for s, _ in _outer))): destroy_distributed()
+    _release_groups()
 
 # %% ../nbs/03b_distributed.ipynb #931b3293
 def _active_group(group=None):

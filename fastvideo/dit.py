@@ -477,10 +477,13 @@ def _sequence_parallel(hidden_states, patch_size, text_tokens, num_frames, frame
     group, n = sp_group(), sp_size()
     B, _, T, H, W = hidden_states.shape
     padded = T * n
-    if num_frames is None: num_frames = padded
-    # before any check that could fail on one rank only: every rank then raises the same error
+    # before any check that could fail on one rank only: every rank then raises the same error (-1: not given)
     _check_same_across(group, "MochiDiT", hidden_states.device, batch=B, local_frames=T, height=H, width=W,
-                       text_tokens=text_tokens, num_frames=num_frames)
+                       text_tokens=text_tokens, num_frames=-1 if num_frames is None else num_frames)
+    if num_frames is None:  # the shard cannot tell its padding frames from real ones: guessing would be silently wrong
+        raise ValueError(f"MochiDiT under sequence parallelism (sp_size={n}) needs num_frames, the video's latent frame "
+                         f"count before `shard(latents, 2)` padded it to {padded} (hidden_states holds this rank's {T}); "
+                         "call model(shard(latents, 2), ..., num_frames=latents.shape[2])")
     if padded_length(num_frames, n) != padded:
         raise ValueError(f"num_frames={num_frames}: sharded over sp_size={n} ranks that is {padded_length(num_frames, n) // n} "
                          f"latent frames per rank, but hidden_states holds {T}; pass each rank `shard(latents, 2)` "

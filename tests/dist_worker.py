@@ -271,20 +271,44 @@ def case_dit_mismatch(world):
     model, r = dit_model(), sp_rank()
     latents, text, timestep, mask, _ = dit_inputs(40, batch=1, frames=2, text_tokens=4 + r, text_lengths=[4 + r])
     with torch.no_grad():
-        e1 = expect_error(lambda: model(latents, text, timestep, mask), "disagree on text_tokens")
+        e1 = expect_error(lambda: model(latents, text, timestep, mask, num_frames=2), "disagree on text_tokens")
         e2 = expect_error(lambda: model(latents, text[:, :4], timestep, mask[:, :4], num_frames=2), "num_frames=2: sharded over")
     return dict(errors=[e1[:200], e2[:200]])
 
 
+def case_dit_num_frames(world):
+    """Under SP `num_frames` is required: 5 latent frames need padding on 2 and 4 ranks, and a shard cannot tell its
+    padding frames from real ones. Without it: the same clear error on every rank; given on one rank only: an error too."""
+    init_distributed(sp_size=world, timeout_s=60)
+    model = dit_model()
+    latents, text, timestep, mask, _ = dit_inputs(50, batch=2, frames=5, text_tokens=4, text_lengths=[4, 1])
+    local, padded = shard(latents, 2), shard(latents, 2).shape[2] * world
+    with torch.no_grad():
+        e1 = expect_error(lambda: model(local, text, timestep, mask), "needs num_frames")
+        e2 = expect_error(lambda: model(local, text, timestep, mask, num_frames=5 if sp_rank() == 0 else None),
+                          "disagree on num_frames")
+        # what the old default (every frame real) computed: the padding frames attended as real ones
+        right = gather(model(local, text, timestep, mask, num_frames=5).sample, 2, length=5)
+        padding_as_real = gather(model(local, text, timestep, mask, num_frames=padded).sample, 2, length=5)
+    return dict(errors=[e1[:300], e2[:200]], padded=padded, padding_as_real_err=max_abs(padding_as_real, right))
+
+
 CASES = dict(equal=case_equal, last_block=case_last_block, gather_grad=case_gather_grad, dp=case_dp, mismatch=case_mismatch, errors=case_errors,
-             dit=case_dit, dit_dp=case_dit_dp, dit_mismatch=case_dit_mismatch)
+             dit=case_dit, dit_dp=case_dit_dp, dit_mismatch=case_dit_mismatch,
+             dit_num_frames=case_dit_num_frames)
 
 if __name__ == "__main__":
     torch.manual_seed(0)
+    world = int(os.environ["WORLD_SIZE"])
+    # this level owns the process group (made once: torchrun's store cannot host a second one); each case opens its
+    # own level on top and closes it, so the final destroy_distributed tears the process group down before exit
+    init_distributed(sp_size=world, timeout_s=60)
     try:
         for name in sys.argv[1:]:
-            report = CASES[name](int(os.environ["WORLD_SIZE"]))
+            try: report = CASES[name](world)
+            finally: destroy_distributed()  # the case's init_distributed
             # one write() per line: the ranks share the pipe, and print() may split a line in two writes
             os.write(1, f"ok {name} rank={dist.get_rank()} {json.dumps(report)}\n".encode())
     finally:
         destroy_distributed()
+        assert not dist.is_initialized(), "the process group outlived the worker's last destroy_distributed"

@@ -14,8 +14,8 @@ from fastvideo.launch import torchrun
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 TIMEOUT = 120
-CASES = {2: ["equal", "last_block", "gather_grad", "mismatch", "errors", "dit", "dit_mismatch"],
-         4: ["equal", "last_block", "dp", "mismatch", "errors", "dit", "dit_dp", "dit_mismatch"]}
+CASES = {2: ["equal", "last_block", "gather_grad", "mismatch", "errors", "dit", "dit_mismatch", "dit_num_frames"],
+         4: ["equal", "last_block", "dp", "mismatch", "errors", "dit", "dit_dp", "dit_mismatch", "dit_num_frames"]}
 
 
 def run_worker(world):
@@ -100,6 +100,16 @@ def test_dit_ranks_that_disagree_get_an_error_not_a_deadlock(world):
     for r in for_all_ranks(world, "dit_mismatch"):
         assert "MochiDiT: the ranks of the SP group disagree on text_tokens" in r["errors"][0], r
         assert "num_frames=2: sharded over" in r["errors"][1], r
+
+
+def test_dit_under_sp_requires_num_frames(world):
+    "5 latent frames sharded over 2 or 4 ranks: without num_frames the padding frames would count as real, silently."
+    n, _ = world
+    for r in for_all_ranks(world, "dit_num_frames"):
+        assert f"MochiDiT under sequence parallelism (sp_size={n}) needs num_frames" in r["errors"][0], r
+        assert "num_frames=latents.shape[2]" in r["errors"][0], r
+        assert "disagree on num_frames" in r["errors"][1], r
+        assert r["padded"] > 5 and r["padding_as_real_err"] > 1e-2, r  # the mistake the error prevents is not small
 
 
 def test_dit_data_parallel_groups_differ_without_deadlock(world):
