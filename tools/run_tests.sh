@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, in the order the developers' brief fixes:
 # nbdev_clean + nbdev_export must change nothing, nbdev's doc processing must pass (Quarto itself cannot be
-# installed here), then every notebook under nbdev_test, then pytest on tests/.
+# installed here), the layout check (tools/check_layout.py), then every notebook under nbdev_test, then pytest on tests/.
 # Ends with one line: "summary: N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,12 @@ if python tools/check_docs.py >/dev/null 2>&1 && [ "$(snapshot)" = "${after:-$(s
   echo "ok   docs: nbdev doc processing passes and changes no tracked file"; passed=$((passed + 1))
 else
   echo "FAIL docs: python tools/check_docs.py failed or rewrote tracked files (see git status)"; failed=$((failed + 1))
+fi
+
+if layout=$(python tools/check_layout.py 2>&1); then
+  echo "ok   layout: lesson outputs stored, no private imports between modules, no import cycle"; passed=$((passed + 1))
+else
+  echo "$layout"; echo "FAIL layout: python tools/check_layout.py found the problems above"; failed=$((failed + 1))
 fi
 
 nb_log=$(mktemp)
