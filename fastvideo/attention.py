@@ -11,14 +11,52 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .distributed import (gather, sp_rank, sp_size, _active_group, _all_gather_cat, _check_same_across)
-from .dit import attention  # the one softmax of the kit, re-exported here
-
-_all_ = ["attention"]
+from .distributed import active_group, all_gather_cat, check_same_across, gather, sp_rank, sp_size
 
 # %% auto #0
-__all__ = ['simulate_all_to_all', 'CommCounter', 'count_all_to_all', 'all_to_all_seq_to_heads', 'all_to_all_heads_to_seq',
-           'ulysses_attention', 'ulysses_joint_attention', 'ulysses_all_to_all_bytes', 'attention']
+__all__ = ['attention', 'joint_attention', 'simulate_all_to_all', 'CommCounter', 'count_all_to_all', 'all_to_all_seq_to_heads',
+           'all_to_all_heads_to_seq', 'ulysses_attention', 'ulysses_joint_attention', 'ulysses_all_to_all_bytes']
+
+# %% ../nbs/04_attention.ipynb #ed3b01fb
+def _flash_usable(q: torch.Tensor) -> bool:
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16): return False
+    try: import flash_attn  # noqa: F401  (optional; never imported at module load)
+    except ImportError: return False
+    return True
+
+# %% ../nbs/04_attention.ipynb #879abb97
+def _flash_varlen(q, k, v, key_mask):
+    "flash-attn on packed real tokens. Queries are the first Sq of the keys' tokens (all real when Sq < Sk); padded query rows come back as zeros."
+    from flash_attn import flash_attn_varlen_func
+    (B, H, Sq, D), Sk = q.shape, k.shape[2]
+    query_mask = key_mask if Sq == Sk else torch.ones(B, Sq, dtype=torch.bool, device=q.device)
+    def offsets(mask):  # cumulative sequence starts [B + 1] and the longest sequence, as flash-attn wants them
+        lengths = mask.sum(1, dtype=torch.int32)
+        return F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0)), int(lengths.max())
+    (cu_q, max_q), (cu_k, max_k) = offsets(query_mask), offsets(key_mask)
+    pack = lambda t, mask: t.transpose(1, 2)[mask]  # [real tokens, H, D]
+    packed = flash_attn_varlen_func(pack(q, query_mask), pack(k, key_mask), pack(v, key_mask), cu_q, cu_k, max_q, max_k)
+    out = q.new_zeros(B, Sq, H, D)
+    out[query_mask] = packed
+    return out.transpose(1, 2)
+
+# %% ../nbs/04_attention.ipynb #acdb1665
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    "Softmax attention of q over k, v, all [B, heads, tokens, head_dim]; key_mask [B, tokens] is True where a key is real."
+    if key_mask is not None and _flash_usable(q):
+        return _flash_varlen(q, k, v, key_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if key_mask is None else key_mask[:, None, None, :])
+
+# %% ../nbs/04_attention.ipynb #574652f6
+def joint_attention(q_vis, k_vis, v_vis, q_txt, k_txt, v_txt, text_mask):
+    "Attention over [visual; text] tokens ([B, heads, tokens, head_dim] each); text_mask [B, L] or None (all real)."
+    N = q_vis.shape[2]
+    q = q_vis if q_txt is None else torch.cat([q_vis, q_txt], 2)
+    k, v = torch.cat([k_vis, k_txt], 2), torch.cat([v_vis, v_txt], 2)
+    key_mask = None if text_mask is None else F.pad(text_mask, (N, 0), value=True)
+    out = attention(q, k, v, key_mask)
+    if q_txt is None: return out, None
+    return out.split([N, q_txt.shape[2]], dim=2)  # split rather than slices: its backward is one cat
 
 # %% ../nbs/04_attention.ipynb #0d3dad42
 def _pack_seq_to_heads(x, n):
@@ -91,14 +129,14 @@ def all_to_all_seq_to_heads(x, group=None):
     n = sp_size(group)
     if n == 1: return x
     _check_heads(x.shape[1], n, "all_to_all_seq_to_heads")
-    return _AllToAll.apply(x, _active_group(group), True)
+    return _AllToAll.apply(x, active_group(group), True)
 
 def all_to_all_heads_to_seq(x, group=None):
     "[B, H/P, P*L_local, D] head-sharded -> [B, H, L_local, D] sequence-sharded."
     n = sp_size(group)
     if n == 1: return x
     if x.shape[2] % n: raise ValueError(f"all_to_all_heads_to_seq: tokens={x.shape[2]} is not divisible by sp_size={n}")
-    return _AllToAll.apply(x, _active_group(group), False)
+    return _AllToAll.apply(x, active_group(group), False)
 
 # %% ../nbs/04_attention.ipynb #c8512abc
 def _joint_mask(vis_valid, txt_mask, B, N, T, device):
@@ -118,16 +156,16 @@ def ulysses_attention(vis_q, vis_k, vis_v, txt_q, txt_k, txt_v, vis_valid=None, 
     (B, H, L, D), T = vis_q.shape, txt_k.shape[2]
     q, k, v, heads, N = vis_q, vis_k, vis_v, slice(None), L
     if n > 1:
-        group = _active_group(group)
+        group = active_group(group)
         _check_heads(H, n, "ulysses_attention")
         if check:  # one tiny all_gather; turns a would-be deadlock into the same error on every rank
-            _check_same_across(group, "ulysses_attention", vis_q.device, batch=B, heads=H, local_tokens=L,
+            check_same_across(group, "ulysses_attention", vis_q.device, batch=B, heads=H, local_tokens=L,
                                head_dim=D, text_tokens=T, text_queries=txt_q is not None)
         q, k, v = (_AllToAll.apply(t, group, True) for t in (vis_q, vis_k, vis_v))  # [B, H/n, n*L, D]
         r, N = sp_rank(group), n * L
         heads = slice(r * (H // n), (r + 1) * (H // n))  # this rank's heads of the replicated text
         if vis_valid is not None and vis_valid.shape[-1] == L:
-            vis_valid = _all_gather_cat(vis_valid.to(torch.uint8), 1, group).bool()
+            vis_valid = all_gather_cat(vis_valid.to(torch.uint8), 1, group).bool()
     mask = _joint_mask(vis_valid, txt_mask, B, N, T, vis_q.device)
     out = attention(q if txt_q is None else torch.cat([q, txt_q[:, heads]], 2),
                     torch.cat([k, txt_k[:, heads]], 2), torch.cat([v, txt_v[:, heads]], 2), mask)

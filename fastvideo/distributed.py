@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['TORCHRUN_ENV', 'ParallelState', 'init_distributed', 'destroy_distributed', 'sequence_parallel', 'sp_group', 'sp_size',
-           'sp_rank', 'dp_size', 'dp_rank', 'dp_group', 'is_main', 'padded_length', 'shard_indices', 'shard', 'gather',
-           'broadcast']
+__all__ = ['TORCHRUN_ENV', 'ParallelState', 'init_distributed', 'destroy_distributed', 'active_group', 'sequence_parallel',
+           'sp_group', 'sp_size', 'sp_rank', 'dp_size', 'dp_rank', 'dp_group', 'is_main', 'padded_length',
+           'shard_indices', 'all_gather_cat', 'check_same_across', 'shard', 'gather', 'broadcast']
 
 # %% ../nbs/03b_distributed.ipynb #6398ffcc
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -114,7 +114,8 @@ def _destroy_at_exit():
     _release_groups()
 
 # %% ../nbs/03b_distributed.ipynb #931b3293
-def _active_group(group=None):
+def active_group(group=None):
+    "The SP group to use: `group` when given, else the innermost `sequence_parallel` block's, else the one `init_distributed` made."
     if group is not None: return group
     if _group_stack: return _group_stack[-1]
     return _state.sp_group
@@ -126,9 +127,9 @@ def sequence_parallel(group):
     try: yield group
     finally: _group_stack.pop()
 
-def sp_group(): "The current SP group (None: no SP)."; return _active_group()
-def sp_size(group=None) -> int: "Processes in the SP group."; g = _active_group(group); return 1 if g is None else dist.get_world_size(g)
-def sp_rank(group=None) -> int: "This process's place in the SP group."; g = _active_group(group); return 0 if g is None else dist.get_rank(g)
+def sp_group(): "The current SP group (None: no SP)."; return active_group()
+def sp_size(group=None) -> int: "Processes in the SP group."; g = active_group(group); return 1 if g is None else dist.get_world_size(g)
+def sp_rank(group=None) -> int: "This process's place in the SP group."; g = active_group(group); return 0 if g is None else dist.get_rank(g)
 def dp_size() -> int: "Number of SP groups (data-parallel replicas)."; return _state.dp_size
 def dp_rank() -> int: "Which SP group this process belongs to."; return _state.dp_rank
 def dp_group(): "The DP group of this process (None: no process group)."; return _state.dp_group
@@ -151,7 +152,8 @@ def _pad(x, dim, length):
     return torch.cat([x, x.new_zeros(shape)], dim)
 
 # %% ../nbs/03b_distributed.ipynb #e0a1e246
-def _all_gather_cat(x, dim, group):
+def all_gather_cat(x, dim, group):
+    "Every rank's `x` of `group`, concatenated along `dim` in rank order (no autograd: `gather` is the differentiable one)."
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, x.contiguous(), group=group)
     return torch.cat(parts, dim)
@@ -165,10 +167,10 @@ def _all_to_all_sum(x, dim, group):
     dist.all_to_all_single(received, chunks, group=group)
     return received.sum(0).movedim(0, dim)
 
-def _check_same_across(group, what: str, device="cpu", **sizes):
+def check_same_across(group, what: str, device="cpu", **sizes):
     "Raise on every rank at once when the ranks of `group` disagree on `sizes`, instead of deadlocking later."
     mine = torch.tensor(list(sizes.values()), dtype=torch.int64, device=device)  # NCCL wants it on the GPU
-    everyone = _all_gather_cat(mine[None], 0, group)  # [ranks, sizes]
+    everyone = all_gather_cat(mine[None], 0, group)  # [ranks, sizes]
     everyone = everyone.cpu()
     for i, name in enumerate(sizes):
         if (everyone[:, i] != everyone[0, i]).any():
@@ -196,7 +198,7 @@ class _Gather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dim, length, group):
         ctx.dim, ctx.group, ctx.padded = dim, group, x.shape[dim] * dist.get_world_size(group)
-        return _all_gather_cat(x, dim, group).narrow(dim, 0, length)
+        return all_gather_cat(x, dim, group).narrow(dim, 0, length)
 
     @staticmethod
     def backward(ctx, grad):
@@ -206,7 +208,7 @@ class _Gather(torch.autograd.Function):
 def shard(x: torch.Tensor, dim: int, group=None) -> torch.Tensor:
     "This rank's slice of `x` along `dim`, after zero-padding `dim` to a multiple of the SP size."
     if sp_size(group) == 1: return x
-    return _Shard.apply(x, dim % x.ndim, _active_group(group))
+    return _Shard.apply(x, dim % x.ndim, active_group(group))
 
 def gather(x: torch.Tensor, dim: int, length: int | None = None, group=None) -> torch.Tensor:
     "Concatenate the SP group's slices along `dim`, trimmed to `length` (the size before `shard` padded it)."
@@ -215,12 +217,12 @@ def gather(x: torch.Tensor, dim: int, length: int | None = None, group=None) -> 
     if not 0 <= length <= x.shape[dim] * n:
         raise ValueError(f"gather(length={length}): the {n} slices of {x.shape[dim]} hold at most {x.shape[dim] * n}")
     if n == 1: return x.narrow(dim, 0, length)
-    return _Gather.apply(x, dim % x.ndim, length, _active_group(group))
+    return _Gather.apply(x, dim % x.ndim, length, active_group(group))
 
 # %% ../nbs/03b_distributed.ipynb #edd27aa5
 def broadcast(x: torch.Tensor, group=None) -> torch.Tensor:
     "The first rank of the SP group's `x`, on every rank of it (`x` must have the same shape everywhere; it is not modified)."
     if sp_size(group) == 1: return x
-    group, x = _active_group(group), x.clone()
+    group, x = active_group(group), x.clone()
     dist.broadcast(x, src=dist.get_global_rank(group, 0), group=group)
     return x

@@ -14,10 +14,10 @@ from .config import DiTConfig, preset
 
 # %% auto #0
 __all__ = ['WEIGHTS_NAME', 'INDEX_NAME', 'randomize_parameters', 'PatchEmbed', 'timestep_features', 'TimestepMLP', 'CaptionPool',
-           'TimeCaptionEmbed', 'rms_scale', 'rope_positions', 'rope_angles', 'rope_rotation', 'apply_rope', 'attention',
-           'joint_attention', 'modulated', 'gated_residual', 'Modulation', 'LastTextModulation', 'HeadRMSNorm',
-           'norm_rope', 'SwiGLUProj', 'FeedForward', 'fused_linear', 'JointAttention', 'MochiBlock', 'FinalLayer',
-           'DiTOutput', 'MochiDiT']
+           'TimeCaptionEmbed', 'rms_scale', 'rope_positions', 'rope_angles', 'rope_rotation', 'apply_rope', 'modulated',
+           'gated_residual', 'Modulation', 'LastTextModulation', 'HeadRMSNorm', 'norm_rope', 'SwiGLUProj',
+           'FeedForward', 'fused_linear', 'JointAttention', 'MochiBlock', 'FinalLayer', 'DiTOutput', 'MochiDiT',
+           'attention', 'joint_attention']
 
 # %% ../nbs/03_dit.ipynb #3d2c4a55
 @torch.no_grad()
@@ -177,45 +177,8 @@ def _complex(x: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
 
 # %% ../nbs/03_dit.ipynb #ed3b01fb
-def _flash_usable(q: torch.Tensor) -> bool:
-    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16): return False
-    try: import flash_attn  # noqa: F401  (optional; never imported at module load)
-    except ImportError: return False
-    return True
-
-# %% ../nbs/03_dit.ipynb #879abb97
-def _flash_varlen(q, k, v, key_mask):
-    "flash-attn on packed real tokens. Queries are the first Sq of the keys' tokens (all real when Sq < Sk); padded query rows come back as zeros."
-    from flash_attn import flash_attn_varlen_func
-    (B, H, Sq, D), Sk = q.shape, k.shape[2]
-    query_mask = key_mask if Sq == Sk else torch.ones(B, Sq, dtype=torch.bool, device=q.device)
-    def offsets(mask):  # cumulative sequence starts [B + 1] and the longest sequence, as flash-attn wants them
-        lengths = mask.sum(1, dtype=torch.int32)
-        return F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0)), int(lengths.max())
-    (cu_q, max_q), (cu_k, max_k) = offsets(query_mask), offsets(key_mask)
-    pack = lambda t, mask: t.transpose(1, 2)[mask]  # [real tokens, H, D]
-    packed = flash_attn_varlen_func(pack(q, query_mask), pack(k, key_mask), pack(v, key_mask), cu_q, cu_k, max_q, max_k)
-    out = q.new_zeros(B, Sq, H, D)
-    out[query_mask] = packed
-    return out.transpose(1, 2)
-
-# %% ../nbs/03_dit.ipynb #acdb1665
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    "Softmax attention of q over k, v, all [B, heads, tokens, head_dim]; key_mask [B, tokens] is True where a key is real."
-    if key_mask is not None and _flash_usable(q):
-        return _flash_varlen(q, k, v, key_mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if key_mask is None else key_mask[:, None, None, :])
-
-# %% ../nbs/03_dit.ipynb #574652f6
-def joint_attention(q_vis, k_vis, v_vis, q_txt, k_txt, v_txt, text_mask):
-    "Attention over [visual; text] tokens ([B, heads, tokens, head_dim] each); text_mask [B, L] or None (all real)."
-    N = q_vis.shape[2]
-    q = q_vis if q_txt is None else torch.cat([q_vis, q_txt], 2)
-    k, v = torch.cat([k_vis, k_txt], 2), torch.cat([v_vis, v_txt], 2)
-    key_mask = None if text_mask is None else F.pad(text_mask, (N, 0), value=True)
-    out = attention(q, k, v, key_mask)
-    if q_txt is None: return out, None
-    return out.split([N, q_txt.shape[2]], dim=2)  # split rather than slices: its backward is one cat
+from .attention import attention, joint_attention, ulysses_joint_attention
+_all_ = ["attention", "joint_attention"]  # still importable from here, as before they moved
 
 # %% ../nbs/03_dit.ipynb #23c051a2
 def modulated(x, scale, eps):
@@ -336,10 +299,10 @@ class JointAttention(nn.Module):
         self.add_k_proj, self.add_v_proj, self.add_q_proj = (nn.Linear(text_dim, inner, bias=False) for _ in range(3))
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
         if not last: self.to_add_out = nn.Linear(inner, text_dim)
-        self.attend = joint_attention
 
-    def forward(self, x, text, rope, text_mask):
-        "rope: (angles, rotation) of the visual tokens; text_mask [B, L] or None (all real)."
+    def forward(self, x, text, rope, text_mask, attend=None):
+        """rope: (angles, rotation) of the visual tokens; text_mask [B, L] or None (all real); attend: None (attend the
+        joint tensors at once) or a function with `joint_attention`'s signature (sequence parallelism's)."""
         dt, N, heads = x.dtype, x.shape[1], lambda y: y.unflatten(-1, (self.heads, -1))
         q, k, v = heads(self.to_q(x)), heads(self.to_k(x)), heads(self.to_v(x))  # three matmuls: see above why not one
         # the last block's text asks no questions: its add_q_proj is never run
@@ -348,12 +311,12 @@ class JointAttention(nn.Module):
         q = norm_rope(q, self.norm_q, q_txt, self.norm_added_q, *rope, dt)
         k = norm_rope(k, self.norm_k, heads(k_txt), self.norm_added_k, *rope, dt)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), torch.cat([v, heads(v_txt).to(dt)], 1).transpose(1, 2)
-        if self.attend is joint_attention:  # the tensors are joint already: attend at once
+        if attend is None:  # the tensors are joint already: attend at once
             out = attention(q, k, v, None if text_mask is None else F.pad(text_mask, (N, 0), value=True))
             out_vis, out_txt = (out, None) if q_txt is None else out.split([N, q.shape[2] - N], dim=2)
         else:
             q_txt = None if q_txt is None else q[:, :, N:]
-            out_vis, out_txt = self.attend(q[:, :, :N], k[:, :, :N], v[:, :, :N], q_txt, k[:, :, N:], v[:, :, N:], text_mask)
+            out_vis, out_txt = attend(q[:, :, :N], k[:, :, :N], v[:, :, :N], q_txt, k[:, :, N:], v[:, :, N:], text_mask)
         out_vis = self.to_out[0](out_vis.transpose(1, 2).flatten(2))
         return out_vis, None if out_txt is None else self.to_add_out(out_txt.transpose(1, 2).flatten(2))
 
@@ -370,11 +333,13 @@ class MochiBlock(nn.Module):
         self.ff = FeedForward(dim, 4 * dim * 2 // 3)
         if not last: self.ff_context = FeedForward(text_dim, 4 * text_dim * 2 // 3)
 
-    def forward(self, x, text, silu_conditioning, rope, text_mask):
+    def forward(self, x, text, silu_conditioning, rope, text_mask, attend=None):
+        "attend: passed on to the joint attention (None: its own fast path)."
         eps = self.eps
         scale_attn, gate_attn, scale_ff, gate_ff = self.norm1(silu_conditioning)
         text_mod = self.norm1_context(silu_conditioning)
-        out_vis, out_txt = self.attn1(modulated(x, scale_attn, eps), modulated(text, text_mod[0], eps), rope, text_mask)
+        out_vis, out_txt = self.attn1(modulated(x, scale_attn, eps), modulated(text, text_mod[0], eps), rope, text_mask,
+                                      attend)
         x = gated_residual(x, out_vis, gate_attn, eps)
         x = gated_residual(x, self.ff(modulated(x, scale_ff, eps)), gate_ff, eps)
         if self.last: return x, text
@@ -467,19 +432,17 @@ def check_inputs(self: MochiDiT, hidden_states, encoder_hidden_states, timestep,
     if n not in (1, B): raise ValueError(f"timestep: expected 1 or {B} values, got {n}")
 
 # %% ../nbs/03_dit.ipynb #3b84f288
-from functools import partial
-from .distributed import padded_length, sp_group, sp_rank, sp_size, _check_same_across
+from .distributed import check_same_across, padded_length, sp_group, sp_rank, sp_size
 
 def _sequence_parallel(hidden_states, patch_size, text_tokens, num_frames, frame_offset):
     """Under SP: the latents with padding frames zeroed, this rank's global frame offset and the Ulysses joint
     attention with padding frames masked out of the keys."""
-    from fastvideo.attention import ulysses_joint_attention  # imported here: fastvideo.attention imports this module
     group, n = sp_group(), sp_size()
     B, _, T, H, W = hidden_states.shape
     padded = T * n
     # before any check that could fail on one rank only: every rank then raises the same error (-1: not given)
-    _check_same_across(group, "MochiDiT", hidden_states.device, batch=B, local_frames=T, height=H, width=W,
-                       text_tokens=text_tokens, num_frames=-1 if num_frames is None else num_frames)
+    check_same_across(group, "MochiDiT", hidden_states.device, batch=B, local_frames=T, height=H, width=W,
+                      text_tokens=text_tokens, num_frames=-1 if num_frames is None else num_frames)
     if num_frames is None:  # the shard cannot tell its padding frames from real ones: guessing would be silently wrong
         raise ValueError(f"MochiDiT under sequence parallelism (sp_size={n}) needs num_frames, the video's latent frame "
                          f"count before `shard(latents, 2)` padded it to {padded} (hidden_states holds this rank's {T}); "
@@ -498,46 +461,74 @@ def _sequence_parallel(hidden_states, patch_size, text_tokens, num_frames, frame
         hidden_states = hidden_states.masked_fill(~local_valid[:, None, None], 0)
     return hidden_states, offset, ulysses_joint_attention(vis_valid, group=group, check=False)
 
-def _block_with_attend(block, attend, *args):
-    "Run `block` with its joint attention routed through `attend`, restored afterwards."
-    saved, block.attn1.attend = block.attn1.attend, attend
-    try: return block(*args)
-    finally: block.attn1.attend = saved
-
 # %% ../nbs/03_dit.ipynb #c32589c3
+@patch
+def text_and_conditioning(self: MochiDiT, encoder_hidden_states, encoder_attention_mask, timestep, hidden_states):
+    """Caption tokens at text-stream width [B, L', text_dim], their bool mask [B, L'] (L' <= L: columns that are padding
+    in every sample dropped) and silu(conditioning) [B, dim]; `hidden_states` gives the batch, device and dtype."""
+    text_mask = encoder_attention_mask.bool()
+    real_columns = text_mask.any(0)
+    if not real_columns.all():  # columns that are padding in every sample never matter: drop them
+        encoder_hidden_states, text_mask = encoder_hidden_states[:, real_columns], text_mask[:, real_columns]
+    text = encoder_hidden_states.masked_fill(~text_mask[..., None], 0)
+    timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(hidden_states.shape[0])
+    conditioning, text = self.time_embed(timestep, text, text_mask, hidden_states.dtype)
+    return text, text_mask, F.silu(conditioning)  # every modulation reads silu(conditioning): computed once
+
+# %% ../nbs/03_dit.ipynb #14d2b7a0
+@patch
+def frames_and_attention(self: MochiDiT, hidden_states, text_tokens: int, num_frames, frame_offset: int):
+    "(latents, frame offset of their first frame, `attend` for the blocks): under SP, this rank's shard and Ulysses."
+    if sp_size() > 1:
+        return _sequence_parallel(hidden_states, self.config.patch_size, text_tokens, num_frames, frame_offset)
+    T = hidden_states.shape[2]
+    if num_frames not in (None, T):
+        raise ValueError(f"num_frames={num_frames}: without sequence parallelism it must be None or the {T} frames of hidden_states")
+    return hidden_states, frame_offset, None
+
+# %% ../nbs/03_dit.ipynb #5a60e109
+@patch
+def tokens_and_rope(self: MochiDiT, hidden_states, frame_offset: int = 0):
+    "Visual tokens [B, T*h*w, dim] of latents [B, C, T, H, W] and the RoPE pair (angles, rotation) of their positions."
+    _, _, T, H, W = hidden_states.shape
+    p = self.config.patch_size
+    x = self.patch_embed(hidden_states)
+    angles = rope_angles(self.pos_frequencies, rope_positions(T, H // p, W // p, frame_offset, device=x.device))
+    return x, (angles, torch.polar(torch.ones_like(angles), angles.detach()))  # angles carry the gradient
+
+# %% ../nbs/03_dit.ipynb #30e7bad6
+@patch
+def run_blocks(self: MochiDiT, x, text, silu_conditioning, rope, text_mask, attend=None):
+    "The joint blocks in order on visual tokens x and caption tokens text; returns the visual tokens."
+    attn_mask = None if text_mask.all() else text_mask
+    recompute = self.checkpointed_blocks() if torch.is_grad_enabled() else set()
+    for i, block in enumerate(self.transformer_blocks):
+        args = (x, text, silu_conditioning, rope, attn_mask, attend)  # a recomputation gets the same `attend`
+        x, text = checkpoint(block, *args, use_reentrant=False) if i in recompute else block(*args)
+    return x
+
+# %% ../nbs/03_dit.ipynb #6a3dd7c6
+@patch
+def unpatchify(self: MochiDiT, x, silu_conditioning, shape):
+    "Visual tokens [B, T*h*w, dim] -> the flow [B, C, T, H, W] (`shape`: the latents')."
+    B, _, T, H, W = shape
+    p = self.config.patch_size
+    x = self.proj_out(self.norm_out(x, silu_conditioning))
+    return x.view(B, T, H // p, W // p, p, p, -1).permute(0, 6, 1, 2, 4, 3, 5).reshape(B, -1, T, H, W)
+
+# %% ../nbs/03_dit.ipynb #8e22dd1d
 @patch
 def forward(self: MochiDiT, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask,
             attention_kwargs=None, return_dict: bool = True, frame_offset: int = 0, num_frames: int | None = None):
     "Predict the flow for latents [B, C, T, H, W] given caption embeddings [B, L, text_dim], mask [B, L] and timesteps."
     # under SP, hidden_states is this rank's shard of the frames and `num_frames` the video's (unpadded) frame count
     self.check_inputs(hidden_states, encoder_hidden_states, timestep, encoder_attention_mask)
-    B, C, T, H, W = hidden_states.shape
-    p = self.config.patch_size
-    text_mask = encoder_attention_mask.bool()
-    real_columns = text_mask.any(0)
-    if not real_columns.all():  # columns that are padding in every sample never matter: drop them
-        encoder_hidden_states, text_mask = encoder_hidden_states[:, real_columns], text_mask[:, real_columns]
-    text = encoder_hidden_states.masked_fill(~text_mask[..., None], 0)
-    timestep = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(B)
-    conditioning, text = self.time_embed(timestep, text, text_mask, hidden_states.dtype)
-    silu_conditioning = F.silu(conditioning)  # every modulation reads silu(conditioning): compute it once
-    attend = None  # None: each block's own attention (joint_attention)
-    if sp_size() > 1:
-        hidden_states, frame_offset, attend = _sequence_parallel(hidden_states, p, text_mask.shape[1], num_frames, frame_offset)
-    elif num_frames not in (None, T):
-        raise ValueError(f"num_frames={num_frames}: without sequence parallelism it must be None or the {T} frames of hidden_states")
-    x = self.patch_embed(hidden_states)
-    positions = rope_positions(T, H // p, W // p, frame_offset, device=x.device)
-    angles = rope_angles(self.pos_frequencies, positions)
-    rope = (angles, torch.polar(torch.ones_like(angles), angles.detach()))  # once per forward, shared by all blocks
-    attn_mask = None if text_mask.all() else text_mask
-    recompute = self.checkpointed_blocks() if torch.is_grad_enabled() else set()
-    for i, block in enumerate(self.transformer_blocks):
-        args = (x, text, silu_conditioning, rope, attn_mask)
-        run = block if attend is None else partial(_block_with_attend, block, attend)
-        x, text = checkpoint(run, *args, use_reentrant=False) if i in recompute else run(*args)
-    x = self.proj_out(self.norm_out(x, silu_conditioning))
-    out = x.view(B, T, H // p, W // p, p, p, -1).permute(0, 6, 1, 2, 4, 3, 5).reshape(B, -1, T, H, W)
+    text, text_mask, silu_conditioning = self.text_and_conditioning(encoder_hidden_states, encoder_attention_mask,
+                                                                    timestep, hidden_states)
+    hidden_states, frame_offset, attend = self.frames_and_attention(hidden_states, text_mask.shape[1], num_frames, frame_offset)
+    x, rope = self.tokens_and_rope(hidden_states, frame_offset)
+    x = self.run_blocks(x, text, silu_conditioning, rope, text_mask, attend)
+    out = self.unpatchify(x, silu_conditioning, hidden_states.shape)
     return DiTOutput(out) if return_dict else (out,)
 
 # %% ../nbs/03_dit.ipynb #b07de460

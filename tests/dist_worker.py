@@ -12,7 +12,7 @@ import torch.distributed as dist
 from fastvideo.attention import (all_to_all_heads_to_seq, all_to_all_seq_to_heads, attention, count_all_to_all,
                                  ulysses_all_to_all_bytes, ulysses_attention)
 from fastvideo.config import DiTConfig
-from fastvideo.dit import MochiDiT, joint_attention, randomize_parameters
+from fastvideo.dit import MochiDiT, randomize_parameters
 from fastvideo.distributed import (broadcast, destroy_distributed, dp_group, dp_rank, gather, init_distributed,
                                    sequence_parallel, shard, shard_indices, sp_group, sp_rank, sp_size)
 
@@ -213,9 +213,13 @@ def dit_model(seed=0, checkpoint_ratio=0.0):
 
 def dit_compare(model, inputs):
     "SP on the current group against one process (SP switched off) on the same model and inputs."
-    with sequence_parallel(None): ref_out, ref_grads = dit_run(model, *inputs, sp=False)
-    out, grads = dit_run(model, *inputs, sp=True)
-    assert all(m.attn1.attend is joint_attention for m in model.transformer_blocks), "attend not restored"
+    with sequence_parallel(None), count_all_to_all() as one_process: ref_out, ref_grads = dit_run(model, *inputs, sp=False)
+    with count_all_to_all() as traffic: out, grads = dit_run(model, *inputs, sp=True)
+    # every block attends through Ulysses: 4 all-to-alls forward and 4 backward, plus 4 in a checkpointed block's
+    # recomputation (which must attend through Ulysses too); SP switched off, none
+    expected = 8 * len(model.transformer_blocks) + 4 * len(model.checkpointed_blocks())
+    assert (one_process.calls, traffic.calls) == (0, expected), \
+        f"all-to-alls: {one_process.calls} with SP off, {traffic.calls} under SP; expected 0 and {expected}"
     report = dict(sp_size=sp_size(), frames=inputs[0].shape[2], text_lengths=inputs[3].sum(1).tolist(),
                   checkpoint_ratio=model.checkpoint_ratio, out_err=max_abs(out, ref_out),
                   out_scale=ref_out.abs().max().item(), grad_rel=max(rel(grads[k], ref_grads[k]) for k in ref_grads),
