@@ -14,10 +14,12 @@ from .config import DiTConfig, preset
 
 # %% auto #0
 __all__ = ['WEIGHTS_NAME', 'INDEX_NAME', 'randomize_parameters', 'PatchEmbed', 'timestep_features', 'TimestepMLP', 'CaptionPool',
-           'TimeCaptionEmbed', 'rms_scale', 'rope_positions', 'rope_angles', 'rope_rotation', 'apply_rope', 'modulated',
-           'gated_residual', 'Modulation', 'LastTextModulation', 'HeadRMSNorm', 'norm_rope', 'SwiGLUProj',
-           'FeedForward', 'fused_linear', 'JointAttention', 'MochiBlock', 'FinalLayer', 'DiTOutput', 'MochiDiT',
-           'attention', 'joint_attention']
+           'TimeCaptionEmbed', 'rope_positions', 'rope_angles', 'rope_rotation', 'apply_rope', 'modulated',
+           'gated_residual', 'Modulation', 'LastTextModulation', 'HeadRMSNorm', 'SwiGLUProj', 'FeedForward',
+           'JointAttention', 'MochiBlock', 'FinalLayer', 'DiTOutput', 'MochiDiT', 'attention', 'joint_attention']
+
+# %% ../nbs/03_dit.ipynb #2fcf0d28
+from .fast_dit import f32, fused_linear, norm_rope, rms_scale, swiglu  # the fused parts (03a_fast_dit)
 
 # %% ../nbs/03_dit.ipynb #3d2c4a55
 @torch.no_grad()
@@ -96,54 +98,6 @@ class TimeCaptionEmbed(nn.Module):
         t = self.timestep_embedder(timestep_features(timestep, self.time_dim).to(dtype))
         return t + self.pooler(text, text_mask), self.caption_proj(text)
 
-# %% ../nbs/03_dit.ipynb #b2037a93
-def _f32(t: torch.Tensor) -> torch.Tensor: return t if t.dtype == torch.float32 else t.float()
-
-_EPS = {}  # eps -> 0-dim fp32 tensor, so `eps + |x|^2 / D` is a single addcmul
-
-def _inv_rms(xf: torch.Tensor, eps: float) -> torch.Tensor:
-    "1 / sqrt(mean(x^2) + eps) over the last dim (kept), for fp32 x."
-    n = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
-    e = _EPS.get((eps, xf.device))
-    if e is None: e = _EPS[eps, xf.device] = torch.tensor(eps, dtype=torch.float32, device=xf.device)
-    return torch.rsqrt(torch.addcmul(e, n, n, value=1 / xf.shape[-1]))  # not rsqrt_: torch.compile rejects the in-place alias
-
-def _rms_scale_grads(g, xf, r, s, need_s: bool):
-    "Gradients (x, s) of `rms(x) * s` given the output gradient g (fp32), x (fp32) and its inverse RMS r."
-    D, S = xf.shape[-1], (s.shape[0] if s.dim() == 3 else 1)
-    gx = g * xf  # contiguous even when x is a strided view: only it (and r, s) get reshaped to [S, M, D]
-    M = gx.numel() // (S * D)  # explicit, not -1: an empty caption stream has no elements
-    g3, r3 = gx.reshape(S, M, D), r.reshape(S, M, 1)
-    grad_s = torch.bmm(r3.transpose(1, 2), g3).view(s.shape) if need_s else None
-    coef = torch.bmm(g3, s.view(S, D, 1)).mul_(r3.pow(3)).view(r.shape)
-    return torch.addcmul((g * s).mul_(r), xf, coef, value=-1 / D), grad_s
-
-class _RMSScale(torch.autograd.Function):
-    "`residual + rms(x) * s` over the last dim in fp32 (residual optional); s is [D] (a weight) or [B, 1, D] (per-sample modulation)."
-    @staticmethod
-    def forward(ctx, x, s, eps, out_dtype, residual=None):
-        xf = _f32(x)
-        r = _inv_rms(xf, eps)
-        ctx.save_for_backward(xf, r, s)
-        ctx.x_dtype, ctx.residual = x.dtype, residual is not None
-        if residual is not None and residual.dtype == out_dtype == torch.float32:
-            return torch.addcmul(residual, xf * r, s)  # scale and residual add in one pass
-        y = (xf * r).mul_(s)
-        if out_dtype != torch.float32: y = y.to(out_dtype)
-        return y if residual is None else residual + y
-
-    @staticmethod
-    def backward(ctx, grad):
-        xf, r, s = ctx.saved_tensors
-        grad_x, grad_s = _rms_scale_grads(_f32(grad), xf, r, s, ctx.needs_input_grad[1])
-        if ctx.x_dtype != torch.float32: grad_x = grad_x.to(ctx.x_dtype)
-        return (grad_x, grad_s, None, None) + ((grad,) if ctx.residual else ())
-
-# %% ../nbs/03_dit.ipynb #0819018d
-def rms_scale(x: torch.Tensor, s: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    "`rms_norm(x) * s` over the last dim, computed in fp32, returned in `out_dtype` (default: x's dtype)."
-    return _RMSScale.apply(x, _f32(s), eps, out_dtype or x.dtype)
-
 # %% ../nbs/03_dit.ipynb #d1e8ce08
 def rope_positions(frames: int, height: int, width: int, frame_offset: int = 0, base_area: int = 192 * 192,
                    device=None) -> torch.Tensor:
@@ -170,11 +124,8 @@ def rope_rotation(pos_frequencies: torch.Tensor, positions: torch.Tensor) -> tor
 # %% ../nbs/03_dit.ipynb #ba3d2a56
 def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     "Rotate channel pairs (0,1), (2,3), ... of x [B, tokens, heads, head_dim] by `rotation`; fp32 out."
-    return torch.view_as_real(_complex(_f32(x)) * rotation).flatten(-2)
-
-def _complex(x: torch.Tensor) -> torch.Tensor:
-    "Channel pairs (0,1), (2,3), ... of x (fp32, last dim even) as complex numbers: a view."
-    return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+    pairs = torch.view_as_complex(f32(x).unflatten(-1, (-1, 2)))  # channel pairs as complex numbers: a view
+    return torch.view_as_real(pairs * rotation).flatten(-2)
 
 # %% ../nbs/03_dit.ipynb #ed3b01fb
 from .attention import attention, joint_attention, ulysses_joint_attention
@@ -187,7 +138,7 @@ def modulated(x, scale, eps):
 
 def gated_residual(x, y, gate, eps):
     "x + rms(y) * tanh(gate): a bounded update of the residual stream x; gate [B, D]."
-    return _RMSScale.apply(y, torch.tanh(gate)[:, None], eps, x.dtype, x)  # gate is fp32: Modulation's output
+    return rms_scale(y, torch.tanh(gate)[:, None], eps, x.dtype, residual=x)  # gate is fp32: Modulation's output
 
 # %% ../nbs/03_dit.ipynb #96dbec50
 class Modulation(nn.Module):
@@ -195,14 +146,14 @@ class Modulation(nn.Module):
     def __init__(self, cond_dim: int, dim: int, n: int):
         super().__init__()
         self.n, self.linear = n, nn.Linear(cond_dim, n * dim)
-    def forward(self, silu_conditioning): return _f32(self.linear(silu_conditioning)).chunk(self.n, -1)
+    def forward(self, silu_conditioning): return f32(self.linear(silu_conditioning)).chunk(self.n, -1)
 
 class LastTextModulation(nn.Module):
     "The last block only scales the text it reads (no gates: the text stream ends there)."
     def __init__(self, cond_dim: int, dim: int):
         super().__init__()
         self.linear_1 = nn.Linear(cond_dim, dim)
-    def forward(self, silu_conditioning): return (_f32(self.linear_1(silu_conditioning)),)
+    def forward(self, silu_conditioning): return (f32(self.linear_1(silu_conditioning)),)
 
 # %% ../nbs/03_dit.ipynb #22206062
 class HeadRMSNorm(nn.Module):
@@ -212,65 +163,13 @@ class HeadRMSNorm(nn.Module):
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
     def forward(self, x): return rms_scale(x, self.weight, self.eps, torch.float32)
 
-# %% ../nbs/03_dit.ipynb #da9b384a
-class _NormRope(torch.autograd.Function):
-    "[rope(rms(x) * w); rms(x_txt) * w_txt] along tokens, in fp32, returned in `dtype`; x [B, N, heads, head_dim], x_txt [B, L, heads, head_dim] or None."
-    @staticmethod
-    def forward(ctx, x, w, x_txt, w_txt, angles, rotation, eps, dtype):
-        B, N, H, D = x.shape
-        L = 0 if x_txt is None else x_txt.shape[1]
-        out = x.new_empty(B, N + L, H, D, dtype=dtype)
-        xf = _f32(x)
-        r = _inv_rms(xf, eps)
-        if dtype == torch.float32: torch.mul(_complex((xf * r).mul_(w)), rotation, out=_complex(out[:, :N]))
-        else: out[:, :N] = torch.view_as_real(_complex((xf * r).mul_(w)) * rotation).flatten(-2)
-        saved = [xf, r, w, rotation, out]
-        if L:
-            tf = _f32(x_txt)
-            rt = _inv_rms(tf, eps)
-            torch.mul(tf * rt, w_txt, out=out[:, N:])
-            saved += [tf, rt, w_txt]
-        ctx.save_for_backward(*saved)
-        ctx.N, ctx.dtypes = N, (x.dtype, None if x_txt is None else x_txt.dtype)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        xf, r, w, rotation, out, *text = ctx.saved_tensors
-        N, g = ctx.N, _f32(grad)
-        if g.stride(-1) != 1 or any(st % 2 for st in g.stride()[:-1]): g = g.contiguous()  # e.g. expanded: no complex view
-        g_vis = g[:, :N]
-        grad_angles = None
-        if ctx.needs_input_grad[4]:  # Im(g * conj(y)) = g_im * y_re - g_re * y_im, summed over the batch
-            gp, yp = g_vis.unflatten(-1, (-1, 2)), _f32(out[:, :N]).unflatten(-1, (-1, 2))
-            grad_angles = (gp[..., 1] * yp[..., 0]).sub_(gp[..., 0] * yp[..., 1]).sum(0)
-        g_normed = torch.view_as_real(_complex(g_vis) * rotation.conj()).flatten(-2)
-        grad_x, grad_w = _rms_scale_grads(g_normed, xf, r, w, ctx.needs_input_grad[1])
-        grad_xt = grad_wt = None
-        if text:
-            tf, rt, w_txt = text
-            grad_xt, grad_wt = _rms_scale_grads(g[:, N:], tf, rt, w_txt, ctx.needs_input_grad[3])
-            grad_xt = grad_xt.to(ctx.dtypes[1])
-        return grad_x.to(ctx.dtypes[0]), grad_w, grad_xt, grad_wt, grad_angles, None, None, None
-
-def norm_rope(x, norm, x_txt, norm_txt, angles, rotation, dtype):
-    "Joint q or k [B, N + L, heads, head_dim]: visual x normed by `norm` (a HeadRMSNorm) and rotated, text x_txt (or None) normed by `norm_txt`."
-    w_txt = None if x_txt is None else _f32(norm_txt.weight)
-    return _NormRope.apply(x, _f32(norm.weight), x_txt, w_txt, angles, rotation, norm.eps, dtype)
-
 # %% ../nbs/03_dit.ipynb #d52e242d
 class SwiGLUProj(nn.Module):
     "x -> value * silu(gate), both from one stored weight [2*hidden, dim]."
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.proj = nn.Linear(dim, 2 * hidden, bias=False)
-    def forward(self, x):
-        if type(self.proj) is not nn.Linear:  # a wrapped (LoRA) layer: run it as a module
-            value, gate = self.proj(x).chunk(2, -1)
-            return value * F.silu(gate)
-        # two matmuls on the weight's halves: the backward then concatenates weight grads, not activation grads
-        w_value, w_gate = self.proj.weight.chunk(2, 0)
-        return F.linear(x, w_value) * F.silu(F.linear(x, w_gate))
+    def forward(self, x): return swiglu(x, self.proj)
 
 # %% ../nbs/03_dit.ipynb #6825380f
 class FeedForward(nn.Module):
@@ -279,13 +178,6 @@ class FeedForward(nn.Module):
         super().__init__()
         self.net = nn.ModuleList([SwiGLUProj(dim, hidden), nn.Identity(), nn.Linear(hidden, dim, bias=False)])
     def forward(self, x): return self.net[2](self.net[0](x))
-
-# %% ../nbs/03_dit.ipynb #10f9dec4
-def fused_linear(x: torch.Tensor, linears: list) -> tuple:
-    "Apply bias-free Linears to x, as one matmul on their concatenated weights when they are all plain `nn.Linear`."
-    if all(type(m) is nn.Linear and m.bias is None for m in linears):
-        return F.linear(x, torch.cat([m.weight for m in linears])).chunk(len(linears), -1)
-    return tuple(m(x) for m in linears)
 
 # %% ../nbs/03_dit.ipynb #06c99507
 class JointAttention(nn.Module):
