@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import media, toy
-from .config import preset
+from .config import VAEConfig, preset
 from .distributed import destroy_distributed, init_distributed
 from .models import (ENCODER_PARTS, Encoders, default_device, denormalize_latents, empty_prompt, encode_prompts,
                               encode_video, load_encoders, normalize_latents, resolve_model_path, sample_latents)
@@ -28,7 +28,8 @@ __all__ = ['IMAGE_SUFFIXES', 'check_clip_size', 'DataError', 'read_merge_file', 
            'BucketBatchSampler', 'collate_latents']
 
 # %% ../nbs/02_data.ipynb #dcc64a90
-def check_clip_size(num_frames: int, height: int, width: int, temporal_compression: int = 6, pixel_multiple: int = 16):
+def check_clip_size(num_frames: int, height: int, width: int, temporal_compression: int = VAEConfig.temporal_compression,
+                    pixel_multiple: int = 16):
     "Raise `ValueError` naming the flag when a clip size breaks the VAE / DiT rules."
     if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % temporal_compression:
         lower = max(1, (int(num_frames) - 1) // temporal_compression * temporal_compression + 1) if isinstance(num_frames, int) else 1
