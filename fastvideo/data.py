@@ -68,7 +68,7 @@ def read_merge_file(merge_path) -> tuple:
     return sources, errors
 
 # %% ../nbs/02_data.ipynb #de733f57
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_SUFFIXES = media.IMAGE_SUFFIXES  # a file with one of these endings is an image item (one frame)
 
 @dataclass
 class MediaItem:
@@ -410,6 +410,18 @@ def main(argv=None):
 
 # %% ../nbs/02_data.ipynb #93750e02
 if __name__ == "__main__" and "__file__" in globals(): main()  # not when a notebook runs this cell
+
+# %% ../nbs/02_data.ipynb #3799cfbd
+_MOVED_TO_TOY_MODELS = ("toy_vocabulary", "build_toy_tokenizer", "build_toy_text_encoder", "build_toy_vae", "psnr",
+                        "train_toy_vae", "set_latent_stats", "vae_roundtrip", "save_toy_encoders", "TOY_VAE_STEPS",
+                        "TOY_VAE_FINAL", "TOY_VAE_FINETUNE")
+
+def __getattr__(name):  # PEP 562: called only for names this module does not define
+    if name in _MOVED_TO_TOY_MODELS:
+        import importlib, warnings
+        warnings.warn(f"fastvideo.data.{name} moved to fastvideo.toy_models.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("fastvideo.toy_models"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # %% ../nbs/02_data.ipynb #a592fc30
 def _seed_for(*numbers) -> int: return int(np.random.default_rng(list(numbers)).integers(2**62))
