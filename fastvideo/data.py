@@ -22,10 +22,10 @@ from .models import (ENCODER_PARTS, Encoders, default_device, denormalize_latent
 # ^ the model folder's own lesson; importable from here too, as before
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'check_clip_size', 'DataError', 'read_merge_file', 'MediaItem', 'read_items', 'resize_crop',
-           'frame_indices', 'load_clip', 'item_files', 'encode_clips', 'encode_item', 'encode_validation_prompts',
-           'NoItemsError', 'PreprocessRun', 'preprocess', 'add_preprocess', 'main', 'LatentDataset',
-           'BucketBatchSampler', 'collate_latents']
+__all__ = ['IMAGE_SUFFIXES', 'BATCH_PIXELS', 'check_clip_size', 'DataError', 'read_merge_file', 'MediaItem', 'read_items',
+           'resize_crop', 'frame_indices', 'load_clip', 'item_files', 'encode_clips', 'encode_item',
+           'encode_validation_prompts', 'NoItemsError', 'auto_batch_size', 'PreprocessRun', 'preprocess',
+           'add_preprocess', 'main', 'LatentDataset', 'BucketBatchSampler', 'collate_latents']
 
 # %% ../nbs/02_data.ipynb #dcc64a90
 def check_clip_size(num_frames: int, height: int, width: int, temporal_compression: int = VAEConfig.temporal_compression,
@@ -285,6 +285,12 @@ def _chunks(items: list, batch_size: int) -> list:
         out += [group[s:s + batch_size] for s in range(0, len(group), batch_size)]
     return out
 
+BATCH_PIXELS = 8 * 19 * 64 * 112  # pixels (frames x height x width) per encoder batch by default: 8 toy clips
+
+def auto_batch_size(num_frames: int, height: int, width: int) -> int:
+    "Clips per encoder batch when none is given: `BATCH_PIXELS` worth, so 8 toy clips and 1 Mochi clip (163 x 480 x 848)."
+    return max(1, BATCH_PIXELS // (num_frames * height * width))
+
 @dataclass
 class PreprocessRun:
     "One `preprocess` call, checked: where it writes, the model folder, and the settings its latents are pinned to."
@@ -297,6 +303,7 @@ def _checked_run(output_dir, model_path, num_frames, height, width, train_fps, v
     "Every check that needs no model and no item, before hours of encoding; writes nothing."
     check_clip_size(num_frames, height, width)
     if train_fps is not None and train_fps <= 0: raise ValueError(f"--train_fps={train_fps} must be positive")
+    if batch_size is None: batch_size = auto_batch_size(num_frames, height, width)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--preprocess_batch_size={batch_size} must be a positive whole number")
     if validation_prompts and not Path(validation_prompts).is_file():
@@ -343,9 +350,10 @@ def preprocess(data_merge_path, output_dir, model_path, num_frames: int = toy.TO
                height: int = toy.TOY_VIDEO.height, width: int = toy.TOY_VIDEO.width,
                train_fps: float | None = None, validation_prompts=None, dtype="float32", vae_tiling: bool = False,
                max_sequence_length: int | None = None, device: str | None = None, progress: bool = True,
-               batch_size: int = 8) -> dict:
+               batch_size: int | None = None) -> dict:
     """Encode every item of the merge file into `output_dir`; returns a summary (items, done before, written, failed).
-    Clips go through the encoders `batch_size` at a time (1: one by one); each item's files are still written on
+    Clips go through the encoders `batch_size` at a time (1: one by one; None: `auto_batch_size`, 1 at Mochi's size,
+    where one clip already fills a GPU); each item's files are still written on
     their own, so a killed run keeps every finished item. Raises `NoItemsError` when no item could be used."""
     import torch.distributed as dist
     run = _checked_run(output_dir, model_path, num_frames, height, width, train_fps, validation_prompts, batch_size)
@@ -394,8 +402,9 @@ def add_preprocess(sub):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="encoder weights")
     p.add_argument("--vae_tiling", action="store_true", help="encode large frames in tiles (less memory)")
     p.add_argument("--max_sequence_length", type=int, default=None, help="text tokens (default: the model's)")
-    p.add_argument("--preprocess_batch_size", type=int, default=8,
-                   help="clips encoded together (memory grows with it; 1: one at a time)")
+    p.add_argument("--preprocess_batch_size", type=int, default=None,
+                   help="clips encoded together (memory grows with it; 1: one at a time; default: as many as make "
+                        "8 toy clips of pixels, so 8 at the toy size and 1 at Mochi's 163x480x848)")
     p.set_defaults(func=_preprocess_cli)
     return p
 

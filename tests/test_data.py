@@ -456,3 +456,11 @@ def test_batched_encoding_matches_one_by_one(toy_data, reference, tmp_path):
     print(f"batched vs one-by-one latents: max |diff| videos {worst[False]:.3g}, images {worst[True]:.3g}")
     assert worst[False] <= 1e-5 and worst[True] <= 5e-3, worst
     with pytest.raises(ValueError, match="--preprocess_batch_size=0"): data.preprocess(merge, tmp_path / "x", "toy", batch_size=0)
+
+
+def test_default_batch_size_fits_the_clip_size():
+    "8 toy clips per encoder batch, but one Mochi clip (163 x 480 x 848): eight of those would not fit a GPU."
+    assert data.auto_batch_size(19, 64, 112) == 8 and data.auto_batch_size(163, 480, 848) == 1
+    import argparse
+    sub = argparse.ArgumentParser().add_subparsers()
+    assert data.add_preprocess(sub).get_default("preprocess_batch_size") is None
