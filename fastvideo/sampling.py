@@ -261,7 +261,8 @@ def sample(model_path, prompt=None, prompt_path=None, output_path="outputs/sampl
     finally: destroy_distributed()
 
 def _differences(old: dict, new: dict) -> str:
-    return "; ".join(f"{k} was {old.get(k)!r}, now {new[k]!r}" for k in new if old.get(k) != new[k])
+    said = {"model_files": "the model folder's files changed since (names, sizes or modification times)"}
+    return "; ".join(said.get(k) or f"{k} was {old.get(k)!r}, now {new[k]!r}" for k in new if old.get(k) != new[k])
 
 def videos_to_make(run: SampleRun, overwrite: bool = False) -> list:
     "Indices of the videos to (re)generate; raises `ValueError` naming the settings where a kept video would lie."

@@ -254,3 +254,16 @@ def test_demo_rerun_with_other_sample_steps(tmp_path, capsys):
     report = demo(tmp_path / "d", n_videos=2, n_images=1, sample_steps=2, overwrite=True)
     assert json.loads((tmp_path / "d/samples/000_a_red_circle_moving_left.json").read_text())["num_inference_steps"] == 2
     assert report["samples"]["n"] == 5
+
+
+def test_a_changed_model_folder_is_named(tmp_path):
+    "Fine-tuning writes new weights into the same folder: videos of the old weights are not kept under the new ones."
+    import os, shutil
+    model = tmp_path / "model"
+    shutil.copytree(toy.model_path(), model)
+    kw = dict(prompt=PROMPTS[0], output_path=tmp_path / "out", num_inference_steps=1, guidance_scale=1.0, **TINY)
+    sampling.sample(str(model), **kw)
+    weights = next((model / "transformer").glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten a second later
+    with pytest.raises(ValueError, match="the model folder's files changed"):
+        sampling.sample(str(model), **kw)
