@@ -49,19 +49,23 @@ def _demo_data(root: Path, n_videos: int, n_images: int, seed: int):
     "The demo's toy data set: reused when it was made with these settings, refused when with others."
     settings, record = {"n_videos": n_videos, "n_images": n_images, "seed": seed}, root / "toy_data_settings.json"
     if (root / "data.json").exists():
-        old = json.loads(record.read_text()) if record.is_file() else {}
+        if not record.is_file():
+            raise ValueError(f"--output_dir {root.parent} holds a toy data set with no record of its settings (made "
+                             "before demos kept one); use another --output_dir, or delete it to start again")
+        old = json.loads(record.read_text())
         if differ := "; ".join(f"--{k} was {old.get(k)}, now {v}" for k, v in settings.items() if old.get(k) != v):
             raise ValueError(f"--output_dir {root.parent} holds a demo made with other settings ({differ}); "
                              "use another --output_dir, or the old settings")
         return print(f"[demo] 1/4 reusing the toy data set in {root}")
     # generation is deterministic, so finishing a half-written folder rewrites identical files
     print(f"[demo] 1/4 writing the toy data set to {root}")
-    toy.make_dataset(root, n_videos=n_videos, n_images=n_images, seed=seed, overwrite=root.exists())
-    media.write_text(record, json.dumps(settings) + "\n")
+    media.write_text(record, json.dumps(settings) + "\n")  # first, so an interrupted run is finished, not refused
+    toy.make_dataset(root, n_videos=n_videos, n_images=n_images, seed=seed, overwrite=True)
 
 def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_steps=8, overwrite=False) -> dict:
     """Run the toy pipeline into `output_dir`; returns the report also written to `report.json`. A rerun resumes;
     samples made with other settings are refused unless `overwrite` (which regenerates them)."""
+    import matplotlib.pyplot as plt
     from fastvideo import data, sampling
     out, started = Path(output_dir), time.time()
     if out.exists() and not out.is_dir(): raise ValueError(f"--output_dir {out} is a file; expected a folder")
@@ -70,7 +74,9 @@ def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_step
     items = json.loads((root / "data.json").read_text())
     clips = [media.read_media(root / "media" / it["path"]) for it in items]
     captions = [it["cap"][0] for it in items]
-    fig = toy.frame_grid(clips[:6], captions[:6]); fig.savefig(out / "preview.png", dpi=80)
+    fig = toy.frame_grid(clips[:6], captions[:6])
+    with media.atomic_write(out / "preview.png") as tmp: fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
     print("[demo] 2/4 preprocessing (toy VAE + toy T5; finished items are skipped)")
     summary = data.preprocess(root / "merge.txt", out / "preprocessed", "toy")
     print(f"[demo] 3/4 sampling {len(DEMO_PROMPTS)} videos, {sample_steps} steps pcm_linear_quadratic")
@@ -115,7 +121,8 @@ def main(argv=None):
     try:
         args.func(args)
     except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:  # mistakes the user can fix
-        print(f"fastvideo {args.command}: error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank meets the same mistake; one says it
+            print(f"fastvideo {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; every file is written whole or not at all
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank gets the signal; one speaks

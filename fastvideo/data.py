@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 from . import media, toy
 from .config import VAEConfig, preset
 from .distributed import destroy_distributed, init_distributed
+_all_ = ["ENCODER_PARTS", "Encoders", "load_encoders", "encode_prompts", "encode_video", "empty_prompt",
+         "normalize_latents", "denormalize_latents", "resolve_model_path", "sample_latents"]  # kept in `import *`
 from .models import (ENCODER_PARTS, Encoders, default_device, denormalize_latents, empty_prompt, encode_prompts,
                               encode_video, load_encoders, normalize_latents, resolve_model_path, sample_latents)
 # ^ the model folder's own lesson; importable from here too, as before
@@ -25,7 +27,9 @@ from .models import (ENCODER_PARTS, Encoders, default_device, denormalize_latent
 __all__ = ['IMAGE_SUFFIXES', 'BATCH_PIXELS', 'check_clip_size', 'DataError', 'read_merge_file', 'MediaItem', 'read_items',
            'resize_crop', 'frame_indices', 'load_clip', 'item_files', 'encode_clips', 'encode_item',
            'encode_validation_prompts', 'NoItemsError', 'auto_batch_size', 'PreprocessRun', 'preprocess',
-           'add_preprocess', 'main', 'LatentDataset', 'BucketBatchSampler', 'collate_latents']
+           'add_preprocess', 'main', 'LatentDataset', 'BucketBatchSampler', 'collate_latents', 'ENCODER_PARTS',
+           'Encoders', 'load_encoders', 'encode_prompts', 'encode_video', 'empty_prompt', 'normalize_latents',
+           'denormalize_latents', 'resolve_model_path', 'sample_latents']
 
 # %% ../nbs/02_data.ipynb #dcc64a90
 def check_clip_size(num_frames: int, height: int, width: int, temporal_compression: int = VAEConfig.temporal_compression,
@@ -155,7 +159,8 @@ def load_clip(item: MediaItem, num_frames: int, height: int, width: int, train_f
     try:  # quiet: decord's and FFmpeg's log lines go into the reason, not onto stderr
         reader = media.open_video(item.path, num_threads=1)
         n_frames, fps = len(reader), float(reader.get_avg_fps() or 0) or item.fps
-    except ValueError as e: raise DataError(item.where, "path", str(e))
+    except ValueError as e: raise DataError(item.where, "path", str(e))  # open_video's plain-words reason
+    except Exception as e: raise DataError(item.where, "path", f"cannot read video {item.path}: {_first_line(e)}")
     if not fps: raise DataError(item.where, "fps", f"{item.path} gives no frame rate and the json has none")
     indices = frame_indices(n_frames, fps, num_frames, train_fps)
     if not indices:
@@ -371,10 +376,10 @@ def preprocess(data_merge_path, output_dir, model_path, num_frames: int = toy.TO
             my_errors = _encode_items(run, enc, todo, (num_frames, height, width, train_fps), bar)
         media.write_text(run.out / "parts" / f"rank{rank}-of-{world}.json", json.dumps(
             {"errors": my_errors, "done_before": len(mine) - len(todo), "encoded": len(todo) - len(my_errors)}) + "\n")
-        if world > 1: dist.barrier()
+        if world > 1: dist.barrier(group=state.dp_group)  # every rank: made with the 12-hour timeout above
         summary = _list_items(run, items, errors, world) if rank == 0 else None
         if rank == 0 and validation_prompts and summary["listed"]: encode_validation_prompts(enc, validation_prompts, run.out)
-        if world > 1: dist.barrier()  # every rank returns once the json exists
+        if world > 1: dist.barrier(group=state.dp_group)  # every rank returns once the json exists
         if not json.loads((run.out / "videos2caption.json").read_text()): raise _no_items_error(run.out)  # all agree
         return summary
     finally:

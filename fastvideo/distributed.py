@@ -73,13 +73,18 @@ def init_distributed(sp_size: int = 1, backend: str | None = None, timeout_s: fl
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl": torch.cuda.set_device(local_rank)
     owns = not dist.is_initialized()  # a group that exists belongs to our caller (a notebook under `fastvideo launch`)
-    if owns:
-        _release_groups()  # any left belong to a process group that is gone
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
-    if sp_size not in _groups:  # a re-run init cell or a nested call reuses them: every group keeps threads alive
-        # new_group is collective: every rank creates every group, in the same order (the same calls on every rank)
-        _groups[sp_size] = ([dist.new_group(list(range(s, s + sp_size))) for s in range(0, world, sp_size)],
-                            [dist.new_group(list(range(r, world, sp_size))) for r in range(sp_size)])
+    if owns: dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+    if _groups.get("world") is not dist.group.WORLD:  # made on a process group that is gone: not ours to reuse
+        _release_groups(); _groups["world"] = dist.group.WORLD
+    try:
+        if sp_size not in _groups:  # a re-run init cell or a nested call reuses them: every group keeps threads alive
+            # new_group is collective: every rank creates every group, in the same order (the same calls on every rank)
+            timeout = timedelta(seconds=timeout_s)
+            _groups[sp_size] = ([dist.new_group(list(range(s, s + sp_size)), timeout=timeout) for s in range(0, world, sp_size)],
+                                [dist.new_group(list(range(r, world, sp_size)), timeout=timeout) for r in range(sp_size)])
+    except BaseException:  # a peer gone while the groups were made: a process group we made must not outlive this call
+        if owns: _release_groups(); dist.destroy_process_group()
+        raise
     sp_groups, dp_groups = _groups[sp_size]
     _outer.append((_state, len(_group_stack)))
     _state = ParallelState(rank, world, local_rank, sp_size, rank % sp_size, world // sp_size, rank // sp_size,
@@ -102,9 +107,9 @@ def destroy_distributed():
     closing = _state
     _state, depth = _outer.pop()
     del _group_stack[depth:]  # `sequence_parallel` blocks opened inside the closed level
-    if closing.owns_process_group or not _outer:  # a process group made by someone else stays theirs
+    if closing.owns_process_group:  # a process group made by someone else stays theirs, and so do our groups on it
         _release_groups()
-        if closing.owns_process_group and dist.is_initialized(): dist.destroy_process_group()
+        if dist.is_initialized(): dist.destroy_process_group()
 
 @atexit.register
 def _destroy_at_exit():

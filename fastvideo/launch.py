@@ -8,7 +8,7 @@ import argparse, json, os, re, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['parse_parameter', 'notebook_parameters', 'torchrun', 'LaunchError', 'launch', 'add_launch']
+__all__ = ['parse_parameter', 'notebook_parameters', 'torchrun', 'ipc_kernel_manager', 'LaunchError', 'launch', 'add_launch']
 
 # %% ../nbs/11a_launch.ipynb #6b4f5a35
 def parse_parameter(value: str):
@@ -46,7 +46,8 @@ def torchrun(args: list, nproc_per_node: int = 1, timeout: float | None = None, 
     pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) if capture else {}
     env = dict(os.environ if env is None else env)
     # torchrun sets 1 (with a banner) when unset; we share the cores out between the ranks instead
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # ours, not the host's
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc_per_node)))
     proc = subprocess.Popen(cmd, env=env, **pipe)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -56,12 +57,16 @@ def torchrun(args: list, nproc_per_node: int = 1, timeout: float | None = None, 
         except subprocess.TimeoutExpired: proc.kill(); out, _ = proc.communicate()
         raise TimeoutError(f"torchrun with {nproc_per_node} processes ran past {timeout} s and was stopped; "
                            f"output:\n{out or '(not captured)'}") from None
+    except KeyboardInterrupt:  # Ctrl-C reached the ranks too: wait until they have stopped before the caller cleans up
+        try: proc.wait(timeout=60)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+        raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, None)
 
 # %% ../nbs/11a_launch.ipynb #f3beca23
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-def _ipc_kernel_manager(folder):
+def ipc_kernel_manager(folder):
     "A kernel manager class whose kernels talk over Unix sockets in `folder`: no plain-text TCP ports on the machine."
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
@@ -80,14 +85,15 @@ def _run_rank(notebook, output, workdir, kernel_name="python3") -> int:
     echo = dict(stdout_file=sys.stdout, stderr_file=sys.stderr) if rank == 0 else {}  # rank 0's prints, live
     try:
         pm.execute_notebook(str(notebook), str(out), parameters=parameters, kernel_name=kernel_name, language="python",
-                            progress_bar=False, kernel_manager_class=_ipc_kernel_manager(work), **echo)
+                            progress_bar=False, kernel_manager_class=ipc_kernel_manager(work), **echo)
         return 0
     except BaseException as e:  # KeyboardInterrupt too: a stopped rank still says why
         error = dict(rank=rank, time=time.time(), cell=getattr(e, "exec_count", None),
                      ename=getattr(e, "ename", type(e).__name__), evalue=getattr(e, "evalue", str(e)),
                      traceback=_ANSI.sub("", "\n".join(getattr(e, "traceback", None) or [])))
         (work / f"rank{rank}.error.json").write_text(json.dumps(error))
-        print(f"[rank {rank}] {error['ename']}: {error['evalue']}", file=sys.stderr, flush=True)
+        if not isinstance(e, KeyboardInterrupt):  # Ctrl-C: the launcher says it once, not every rank
+            print(f"[rank {rank}] {error['ename']}: {error['evalue']}", file=sys.stderr, flush=True)
         return 1
 
 _RANK_MAIN = "import sys; from fastvideo.launch import _run_rank; sys.exit(_run_rank(*sys.argv[1:]))"

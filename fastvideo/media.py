@@ -30,13 +30,13 @@ def _temporary_beside(path: Path) -> Path:
 @contextmanager
 def atomic_write(path):
     "Yield a temporary path beside `path`; it replaces `path` when the block completes and is removed if it fails."
-    path = Path(path)
-    tmp = _temporary_beside(path)
+    path, tmp = Path(path), None
     try:
+        tmp = _temporary_beside(path)  # inside the try: a Ctrl-C right after mkstemp leaves no stray file
         yield tmp
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None: tmp.unlink(missing_ok=True)
 
 def write_text(path, text: str):
     "Write a text file atomically."

@@ -14,18 +14,19 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data, media, toy
-from .config import Preset, VAEConfig, preset
+from .config import VAEConfig, preset
 from .distributed import (broadcast, destroy_distributed, dp_rank, dp_size, gather, init_distributed,
                                    is_main, shard, sp_rank, sp_size)
 from .models import (PIPELINE_PARTS, check_model_folder, default_device, denormalize_latents,
                               encode_prompts, load_encoders)
 from .toy_models import add_toy_transformer  # the toy models' lesson; importable from here too, as before
+_all_ = ["PIPELINE_PARTS", "check_model_folder", "add_toy_transformer"]
 from .schedulers import SCHEDULER_TYPES, Schedule, euler_step, make_schedule
 
 # %% auto #0
 __all__ = ['VIDEO_SETTINGS', 'CONTACT_SHEET_MAX', 'Pipeline', 'read_prompts', 'encode', 'prepare_latents', 'denoise', 'decode',
            'to_uint8', 'load_pipeline', 'latent_shape', 'generate', 'slug', 'SampleRun', 'model_fingerprint', 'sample',
-           'videos_to_make', 'add_sample']
+           'videos_to_make', 'add_sample', 'PIPELINE_PARTS', 'check_model_folder', 'add_toy_transformer']
 
 # %% ../nbs/06_sampling.ipynb #0b19af90
 @dataclass
@@ -122,17 +123,17 @@ def load_pipeline(model_path, torch_dtype=torch.float32, device="cpu", vae_tilin
     "A cached `Pipeline.from_pretrained`: repeated `generate` calls load the models once; `torch_dtype` may be a name ('bfloat16')."
     if isinstance(torch_dtype, str): torch_dtype = getattr(torch, torch_dtype)
     root = check_model_folder(model_path)
-    key = (str(root.resolve()), str(torch_dtype), str(device), vae_tiling)
+    key = (str(root.resolve()), model_fingerprint(root), str(torch_dtype), str(device), vae_tiling)  # new weights: reload
     if key not in _PIPELINES: _PIPELINES[key] = Pipeline.from_pretrained(root, torch_dtype, device, vae_tiling)
     return _PIPELINES[key]
 
 def latent_shape(pipe: Pipeline, num_frames: int, height: int, width: int) -> tuple:
     "(channels, latent frames, latent height, latent width) the pipeline's DiT and VAE use for a clip of this size."
     # the loaded VAE's own compression (Mochi's: 8x in space, 6x in time); the DiT sets the channels
-    vae = VAEConfig(latent_channels=pipe.transformer.config.in_channels,
-                    spatial_compression=pipe.vae.spatial_compression_ratio,
+    vae = VAEConfig(spatial_compression=pipe.vae.spatial_compression_ratio,
                     temporal_compression=pipe.vae.temporal_compression_ratio)
-    return Preset("pipeline", vae=vae).latent_shape(num_frames, height, width)
+    return (pipe.transformer.config.in_channels, vae.latent_frames(num_frames),
+            height // vae.spatial_compression, width // vae.spatial_compression)
 
 def _default_video(model_path):
     return preset("toy" if str(model_path) == "toy" else "mochi-10b").video
@@ -265,15 +266,17 @@ def _differences(old: dict, new: dict) -> str:
     return "; ".join(said.get(k) or f"{k} was {old.get(k)!r}, now {new[k]!r}" for k in new if old.get(k) != new[k])
 
 def videos_to_make(run: SampleRun, overwrite: bool = False) -> list:
-    "Indices of the videos to (re)generate; raises `ValueError` naming the settings where a kept video would lie."
+    """Indices of the videos to (re)generate: missing ones, and with `overwrite` those made with other settings (a
+    video whose record matches is the same video, so an interrupted `--overwrite` run resumes too). Without
+    `overwrite`, raises `ValueError` naming the settings where a kept video would lie."""
     todo, conflicts = [], []
     for i, path in enumerate(run.paths):
         record_path = path.with_suffix(".json")
-        if overwrite or not path.exists(): todo.append(i); continue
-        if not record_path.is_file():
-            conflicts.append(f"{path.name}: no record of the settings it was made with"); continue
-        if differ := _differences(json.loads(record_path.read_text()), run.video_record(i)):
-            conflicts.append(f"{path.name}: {differ}")
+        if not path.exists(): todo.append(i); continue
+        if not record_path.is_file(): differ = "no record of the settings it was made with"
+        else: differ = _differences(json.loads(record_path.read_text()), run.video_record(i))
+        if differ and overwrite: todo.append(i)
+        elif differ: conflicts.append(f"{path.name}: {differ}")
     if conflicts:
         raise ValueError(f"--output_path {run.output_path} holds {len(conflicts)} videos made with other settings, "
                          f"which a rerun would keep under the new settings' name ({conflicts[0]}"
@@ -281,13 +284,13 @@ def videos_to_make(run: SampleRun, overwrite: bool = False) -> list:
                          "--output_path, or --overwrite to regenerate them")
     return todo
 
-def _write_contact_sheet(run: SampleRun, made: list):
+def _write_contact_sheet(run: SampleRun):
     "The first `CONTACT_SHEET_MAX` videos, a few frames each; redrawn only when what it shows changed."
     sheet, shown = run.output_path / "contact_sheet.png", run.paths[:CONTACT_SHEET_MAX]
     previous = run.output_path / "settings.json"
     names = [p.name for p in shown]
-    if (sheet.exists() and not any(i < len(shown) for i in made) and previous.is_file()
-            and json.loads(previous.read_text()).get("contact_sheet") == names): return names
+    if (sheet.exists() and previous.is_file() and json.loads(previous.read_text()).get("contact_sheet") == names
+            and sheet.stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in shown)): return names  # nothing newer
     fig = toy.frame_grid([media.read_media(p) for p in shown], run.prompts[:len(shown)])
     with media.atomic_write(sheet) as tmp: fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
@@ -313,12 +316,13 @@ def _sample(run: SampleRun, overwrite: bool) -> list:
                           **run.schedule_args)
         if writer:
             for i, f in zip(batch, frames):  # the record first: a video without a record is never taken as done
+                paths[i].unlink(missing_ok=True)  # an old video never stands beside the new record, even if we stop here
                 media.write_text(paths[i].with_suffix(".json"), json.dumps(run.video_record(i), indent=1) + "\n")
                 media.write_mp4(paths[i], to_uint8(f), run.fps)
     if torch.distributed.is_initialized(): torch.distributed.barrier()
     if is_main():
         record = asdict(run) | {"output_path": str(run.output_path), "videos": [p.name for p in paths],
-                                "contact_sheet": _write_contact_sheet(run, todo_all), "generated_now": len(todo_all),
+                                "contact_sheet": _write_contact_sheet(run), "generated_now": len(todo_all),
                                 "seconds": round(time.time() - started, 2),
                                 "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1}
         media.write_text(run.output_path / "settings.json", json.dumps(record, indent=2, default=str) + "\n")
@@ -352,7 +356,7 @@ def add_sample(sub):
     p.add_argument("--vae_tiling", action="store_true", help="decode in tiles to bound memory")
     p.add_argument("--output_path", default="outputs/samples", help="folder for the mp4s, contact sheet, settings")
     p.add_argument("--overwrite", action="store_true",
-                   help="regenerate videos that exist (without it, videos made with other settings are refused)")
+                   help="regenerate videos made with other settings (without it they are refused)")
     p.add_argument("--sp_size", type=int, default=1, help="under torchrun: processes that share one video")
     def run(a):
         paths = sample(**{k: v for k, v in vars(a).items() if k not in ("func", "command")})

@@ -16,11 +16,13 @@ from tqdm.auto import tqdm
 
 from .config import preset
 from .media import read_media, read_video, write_jpg, write_mp4, write_text  # toy.read_media & co. keep working
+_all_ = ["read_media", "read_video", "write_jpg", "write_mp4", "write_text"]
 
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'MOTIONS', 'BACKGROUND', 'TOY_VIDEO', 'MARGIN', 'BRIGHT', 'STILL_PIXELS', 'caption_for',
            'parse_caption', 'ClipSpec', 'sample_spec', 'shape_mask', 'render', 'frame_grid', 'to_gif', 'score',
-           'score_many', 'item_spec', 'make_dataset', 'model_path']
+           'score_many', 'item_spec', 'make_dataset', 'model_path', 'read_media', 'read_video', 'write_jpg',
+           'write_mp4', 'write_text']
 
 # %% ../nbs/01_toy.ipynb #1f9581e8
 COLORS = {"red": (230, 30, 30), "green": (30, 210, 50), "blue": (40, 80, 255),

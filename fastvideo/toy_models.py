@@ -131,7 +131,7 @@ def train_toy_vae(recipe: ToyVAERecipe | None = None, vae=None, threads: int = 1
     """Train the toy VAE on rendered toy clips; returns the model and a log of (step, loss, PSNR on 2 held-out clips).
     `changes` override fields of the recipe (`train_toy_vae(steps=700, lr=5e-4)`); `vae` continues training a model;
     `max_minutes` or `stop_after` (a step count) end early without changing the learning-rate schedule."""
-    recipe = replace(recipe or ToyVAERecipe(), **changes)
+    recipe = replace(recipe or ToyVAERecipe(), **{k: v for k, v in changes.items() if v is not None})  # None: the default
     torch.set_num_threads(threads)  # the training machine is shared: stay on one core
     rng = np.random.default_rng(recipe.seed)
     if vae is None: vae = build_toy_vae(recipe.seed); _narrow_posterior(vae)

