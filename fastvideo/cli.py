@@ -11,7 +11,7 @@ from pathlib import Path
 from . import media, toy
 from .data import add_preprocess
 from .launch import add_launch
-from .sampling import add_sample
+from .sampling import add_sample, settings_differences
 
 # %% auto #0
 __all__ = ['DEMO_PROMPTS', 'SUBCOMMANDS', 'RESUME_HINTS', 'add_toy_data', 'demo', 'add_demo', 'parser', 'main']
@@ -53,7 +53,7 @@ def _demo_data(root: Path, n_videos: int, n_images: int, seed: int):
             raise ValueError(f"--output_dir {root.parent} holds a toy data set with no record of its settings (made "
                              "before demos kept one); use another --output_dir, or delete it to start again")
         old = json.loads(record.read_text())
-        if differ := "; ".join(f"--{k} was {old.get(k)}, now {v}" for k, v in settings.items() if old.get(k) != v):
+        if differ := settings_differences(old, settings, prefix="--"):
             raise ValueError(f"--output_dir {root.parent} holds a demo made with other settings ({differ}); "
                              "use another --output_dir, or the old settings")
         return print(f"[demo] 1/4 reusing the toy data set in {root}")

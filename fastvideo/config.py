@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, asdict
 
 # %% auto #0
-__all__ = ['DiTConfig', 'VAEConfig', 'TextEncoderConfig', 'VideoConfig', 'Preset', 'preset', 'preset_names']
+__all__ = ['DiTConfig', 'VAEConfig', 'TextEncoderConfig', 'VideoConfig', 'Preset', 'preset', 'preset_names', 'check_clip_size']
 
 # %% ../nbs/00_config.ipynb #6094cb5a
 @dataclass
@@ -107,3 +107,17 @@ def preset(name: str) -> Preset:
     return _PRESETS[name]()
 
 def preset_names() -> list: return sorted(_PRESETS)
+
+# %% ../nbs/00_config.ipynb #dcc64a90
+def check_clip_size(num_frames: int, height: int, width: int, temporal_compression: int = VAEConfig.temporal_compression,
+                    pixel_multiple: int = 16):
+    "Raise `ValueError` naming the flag when a clip size breaks the VAE / DiT rules."
+    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % temporal_compression:
+        lower = max(1, (int(num_frames) - 1) // temporal_compression * temporal_compression + 1) if isinstance(num_frames, int) else 1
+        raise ValueError(f"--num_frames={num_frames} breaks the Mochi VAE rule (num_frames - 1) % {temporal_compression} == 0 "
+                         f"(latent frames = (num_frames - 1) // {temporal_compression} + 1); try {lower} or {lower + temporal_compression}")
+    for flag, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value < pixel_multiple or value % pixel_multiple:
+            lower = max(pixel_multiple, int(value) // pixel_multiple * pixel_multiple) if isinstance(value, int) else pixel_multiple
+            raise ValueError(f"--{flag}={value} is not a positive multiple of {pixel_multiple} (8x VAE compression, then 2x2 "
+                             f"DiT patches); try {lower} or {lower + pixel_multiple}")

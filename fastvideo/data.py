@@ -15,35 +15,21 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import media, toy
-from .config import VAEConfig, preset
+from .config import check_clip_size, preset  # check_clip_size: importable from here too
 from .distributed import destroy_distributed, init_distributed
-_all_ = ["ENCODER_PARTS", "Encoders", "load_encoders", "encode_prompts", "encode_video", "empty_prompt",
+_all_ = ["check_clip_size", "ENCODER_PARTS", "Encoders", "load_encoders", "encode_prompts", "encode_video", "empty_prompt",
          "normalize_latents", "denormalize_latents", "resolve_model_path", "sample_latents"]  # kept in `import *`
 from .models import (ENCODER_PARTS, Encoders, default_device, denormalize_latents, empty_prompt, encode_prompts,
                               encode_video, load_encoders, normalize_latents, resolve_model_path, sample_latents)
 # ^ the model folder's own lesson; importable from here too, as before
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'BATCH_PIXELS', 'check_clip_size', 'DataError', 'read_merge_file', 'MediaItem', 'read_items',
-           'resize_crop', 'frame_indices', 'load_clip', 'item_files', 'encode_clips', 'encode_item',
-           'encode_validation_prompts', 'NoItemsError', 'auto_batch_size', 'PreprocessRun', 'preprocess',
-           'add_preprocess', 'main', 'LatentDataset', 'BucketBatchSampler', 'collate_latents', 'ENCODER_PARTS',
-           'Encoders', 'load_encoders', 'encode_prompts', 'encode_video', 'empty_prompt', 'normalize_latents',
-           'denormalize_latents', 'resolve_model_path', 'sample_latents']
-
-# %% ../nbs/02_data.ipynb #dcc64a90
-def check_clip_size(num_frames: int, height: int, width: int, temporal_compression: int = VAEConfig.temporal_compression,
-                    pixel_multiple: int = 16):
-    "Raise `ValueError` naming the flag when a clip size breaks the VAE / DiT rules."
-    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % temporal_compression:
-        lower = max(1, (int(num_frames) - 1) // temporal_compression * temporal_compression + 1) if isinstance(num_frames, int) else 1
-        raise ValueError(f"--num_frames={num_frames} breaks the Mochi VAE rule (num_frames - 1) % {temporal_compression} == 0 "
-                         f"(latent frames = (num_frames - 1) // {temporal_compression} + 1); try {lower} or {lower + temporal_compression}")
-    for flag, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value < pixel_multiple or value % pixel_multiple:
-            lower = max(pixel_multiple, int(value) // pixel_multiple * pixel_multiple) if isinstance(value, int) else pixel_multiple
-            raise ValueError(f"--{flag}={value} is not a positive multiple of {pixel_multiple} (8x VAE compression, then 2x2 "
-                             f"DiT patches); try {lower} or {lower + pixel_multiple}")
+__all__ = ['IMAGE_SUFFIXES', 'BATCH_PIXELS', 'DataError', 'read_merge_file', 'MediaItem', 'read_items', 'resize_crop',
+           'frame_indices', 'load_clip', 'item_files', 'encode_clips', 'encode_item', 'encode_validation_prompts',
+           'NoItemsError', 'auto_batch_size', 'PreprocessRun', 'preprocess', 'add_preprocess', 'main', 'LatentDataset',
+           'BucketBatchSampler', 'collate_latents', 'check_clip_size', 'ENCODER_PARTS', 'Encoders', 'load_encoders',
+           'encode_prompts', 'encode_video', 'empty_prompt', 'normalize_latents', 'denormalize_latents',
+           'resolve_model_path', 'sample_latents']
 
 # %% ../nbs/02_data.ipynb #29f6f7a8
 class DataError(ValueError):
@@ -179,11 +165,12 @@ def _save_new(path: Path, obj):
     if not isinstance(obj, torch.Tensor): return media.write_text(path, json.dumps(obj, indent=1) + "\n")
     with media.atomic_write(path) as tmp: torch.save(obj.detach().cpu().clone().contiguous(), tmp)
 
+_ITEM_FOLDERS = ("latent", "prompt_embed", "prompt_attention_mask", "meta")  # one folder per kind of file
+
 def item_files(output_dir, key: str) -> dict:
     "The files one item writes, by kind."
     out = Path(output_dir)
-    return {kind: out / kind / f"{key}.{'json' if kind == 'meta' else 'pt'}"
-            for kind in ("latent", "prompt_embed", "prompt_attention_mask", "meta")}
+    return {kind: out / kind / f"{key}.{'json' if kind == 'meta' else 'pt'}" for kind in _ITEM_FOLDERS}
 
 def encode_clips(enc: Encoders, clips: list, captions: list) -> list:
     """(posterior, embeds, mask) of each clip (3, T, H, W) and caption, encoded in batches: clips of one shape go
@@ -238,8 +225,6 @@ def encode_validation_prompts(enc: Encoders, prompts_path, output_dir) -> list:
     return entries
 
 # %% ../nbs/02_data.ipynb #72dcd2c3
-_ITEM_FOLDERS = ("latent", "prompt_embed", "prompt_attention_mask", "meta")
-
 def _holds_items(out: Path) -> bool:
     "Whether `out` holds any item file (finished or not; hidden temp files left by a kill do not count)."
     return any(not f.name.startswith(".") for d in _ITEM_FOLDERS if (out / d).is_dir() for f in (out / d).iterdir())

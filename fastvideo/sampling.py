@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import data, media, toy
-from .config import VAEConfig, preset
+from . import media, toy
+from .config import VAEConfig, check_clip_size, preset
 from .distributed import (broadcast, destroy_distributed, dp_rank, dp_size, gather, init_distributed,
                                    is_main, shard, sp_rank, sp_size)
 from .models import (PIPELINE_PARTS, check_model_folder, default_device, denormalize_latents,
@@ -26,7 +26,8 @@ from .schedulers import SCHEDULER_TYPES, Schedule, euler_step, make_schedule
 # %% auto #0
 __all__ = ['VIDEO_SETTINGS', 'CONTACT_SHEET_MAX', 'Pipeline', 'read_prompts', 'encode', 'prepare_latents', 'denoise', 'decode',
            'to_uint8', 'load_pipeline', 'latent_shape', 'generate', 'slug', 'SampleRun', 'model_fingerprint', 'sample',
-           'videos_to_make', 'add_sample', 'PIPELINE_PARTS', 'check_model_folder', 'add_toy_transformer']
+           'settings_differences', 'videos_to_make', 'add_sample', 'PIPELINE_PARTS', 'check_model_folder',
+           'add_toy_transformer']
 
 # %% ../nbs/06_sampling.ipynb #0b19af90
 @dataclass
@@ -149,7 +150,7 @@ def _clip_and_schedule(model_path, num_frames, height, width, scheduler_type, nu
     _check_guidance(guidance_scale)
     video = _default_video(model_path)
     num_frames, height, width = num_frames or video.num_frames, height or video.height, width or video.width
-    data.check_clip_size(num_frames, height, width)
+    check_clip_size(num_frames, height, width)
     return num_frames, height, width, make_schedule(scheduler_type, num_inference_steps, **schedule_args)
 
 # %% ../nbs/06_sampling.ipynb #d212cef4
@@ -261,9 +262,10 @@ def sample(model_path, prompt=None, prompt_path=None, output_path="outputs/sampl
     try: return _sample(run, overwrite)
     finally: destroy_distributed()
 
-def _differences(old: dict, new: dict) -> str:
+def settings_differences(old: dict, new: dict, prefix: str = "") -> str:
+    "What differs between two settings records, one `name was X, now Y` per setting (`prefix`: '--' for flags)."
     said = {"model_files": "the model folder's files changed since (names, sizes or modification times)"}
-    return "; ".join(said.get(k) or f"{k} was {old.get(k)!r}, now {new[k]!r}" for k in new if old.get(k) != new[k])
+    return "; ".join(said.get(k) or f"{prefix}{k} was {old.get(k)!r}, now {new[k]!r}" for k in new if old.get(k) != new[k])
 
 def videos_to_make(run: SampleRun, overwrite: bool = False) -> list:
     """Indices of the videos to (re)generate: missing ones, and with `overwrite` those made with other settings (a
@@ -274,7 +276,7 @@ def videos_to_make(run: SampleRun, overwrite: bool = False) -> list:
         record_path = path.with_suffix(".json")
         if not path.exists(): todo.append(i); continue
         if not record_path.is_file(): differ = "no record of the settings it was made with"
-        else: differ = _differences(json.loads(record_path.read_text()), run.video_record(i))
+        else: differ = settings_differences(json.loads(record_path.read_text()), run.video_record(i))
         if differ and overwrite: todo.append(i)
         elif differ: conflicts.append(f"{path.name}: {differ}")
     if conflicts:

@@ -14,7 +14,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .config import preset
+from .config import check_clip_size, preset
 from .media import read_media, read_video, write_jpg, write_mp4, write_text  # toy.read_media & co. keep working
 _all_ = ["read_media", "read_video", "write_jpg", "write_mp4", "write_text"]
 
@@ -217,13 +217,7 @@ def make_dataset(out_dir, n_videos: int = 64, n_images: int = 16, seed: int = 0,
         raise FileExistsError(f"toy data: output folder {out} is not empty; choose an empty folder, or pass overwrite=True (--overwrite on the command line)")
     if min(n_videos, n_images) < 0 or n_videos + n_images == 0:
         raise ValueError(f"toy data: need n_videos >= 0, n_images >= 0 and at least one item; got {n_videos}, {n_images}")
-    vae = preset("toy").vae  # the VAE frame rule: frames = 6k + 1 map onto whole latent frames
-    if not isinstance(num_frames, int) or num_frames < 1 or (vae.latent_frames(num_frames) - 1) * vae.temporal_compression + 1 != num_frames:
-        raise ValueError(f"toy data: --num_frames={num_frames} breaks the VAE rule (frames - 1) % {vae.temporal_compression} == 0")
-    for flag, value in (("height", height), ("width", width)):  # preprocessing needs them: 8x VAE, then 2x2 patches
-        if value < 16 or value % 16:
-            raise ValueError(f"toy data: --{flag}={value} is not a positive multiple of 16, which preprocessing needs "
-                             f"(8x VAE compression, then 2x2 DiT patches); try {max(16, value // 16 * 16)} or {max(16, value // 16 * 16) + 16}")
+    check_clip_size(num_frames, height, width)  # the sizes preprocessing will accept
     if not fps > 0: raise ValueError(f"toy data: --fps={fps} must be positive")
     media, items = out / "media", []
     jobs = [(False, i) for i in range(n_videos)] + [(True, i) for i in range(n_images)]
