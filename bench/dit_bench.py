@@ -41,7 +41,7 @@ batch = len(text_lengths)
 if max(text_lengths) > text_tokens: parser.error(f"--text_lengths {args.text_lengths}: longer than --text_tokens {text_tokens}")
 
 ref = randomize_parameters(MochiTransformer3DModel(**asdict(cfg)))
-ours = MochiDiT(cfg)
+ours = MochiDiT(**asdict(cfg))
 ours.load_state_dict(ref.state_dict())
 latents = torch.randn(batch, cfg.in_channels, frames, height, width)
 text = torch.randn(batch, text_tokens, cfg.text_embed_dim)

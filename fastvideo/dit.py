@@ -5,21 +5,27 @@
 # %% ../nbs/03_dit.ipynb #01eefc26
 from __future__ import annotations
 import contextlib, json, math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from fastcore.basics import patch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.cache_utils import CacheMixin
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 from .config import DiTConfig, preset
 
 # %% auto #0
-__all__ = ['WEIGHTS_NAME', 'INDEX_NAME', 'randomize_parameters', 'PatchEmbed', 'timestep_features', 'TimestepMLP', 'CaptionPool',
+__all__ = ['DiTOutput', 'randomize_parameters', 'PatchEmbed', 'timestep_features', 'TimestepMLP', 'CaptionPool',
            'TimeCaptionEmbed', 'rope_positions', 'rope_angles', 'rope_rotation', 'apply_rope', 'modulated',
            'gated_residual', 'Modulation', 'LastTextModulation', 'HeadRMSNorm', 'SwiGLUProj', 'FeedForward',
-           'JointAttention', 'MochiBlock', 'FinalLayer', 'DiTOutput', 'MochiDiT', 'attention', 'joint_attention']
+           'JointAttention', 'MochiBlock', 'FinalLayer', 'MochiDiT', 'attention', 'joint_attention']
 
 # %% ../nbs/03_dit.ipynb #2fcf0d28
-from .fast_dit import f32, fused_linear, norm_rope, rms_scale, swiglu  # the fused parts (03a_fast_dit)
+from .fast_dit import f32, fused_linear, norm_rope, rms_scale, swiglu, unhooked  # the fused parts (03a_fast_dit)
 
 # %% ../nbs/03_dit.ipynb #3d2c4a55
 @torch.no_grad()
@@ -45,6 +51,8 @@ class PatchEmbed(nn.Module):
     def forward(self, x):
         B, C, T, H, W = x.shape
         p = self.patch_size
+        if not unhooked(self.proj, nn.Conv2d):  # hooked (offload, casting) or wrapped (LoRA): the conv runs, frame by frame
+            return self.proj(x.transpose(1, 2).flatten(0, 1)).flatten(2).transpose(1, 2).unflatten(0, (B, T)).flatten(1, 2)
         # one matmul over all frames: [B, T, h, w, C, p, p] flattened matches the conv weight's (C, p, p) order
         patches = x.view(B, C, T, H // p, p, W // p, p).permute(0, 2, 3, 5, 1, 4, 6).reshape(B, -1, C * p * p)
         return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
@@ -252,20 +260,29 @@ class FinalLayer(nn.Module):
         return torch.addcmul(shift[:, None], y, 1 + scale[:, None]).to(x.dtype)
 
 # %% ../nbs/03_dit.ipynb #2ca6d18b
-@dataclass
-class DiTOutput:
-    "What `MochiDiT.forward` returns with `return_dict=True`, like diffusers' `Transformer2DModelOutput`."
-    sample: torch.Tensor
-    def __getitem__(self, i): return (self.sample,)[i]
-    def to_tuple(self): return (self.sample,)
+DiTOutput = Transformer2DModelOutput  # what `MochiDiT.forward` returns with `return_dict=True`: diffusers' own class
 
 # %% ../nbs/03_dit.ipynb #b037ee77
-class MochiDiT(nn.Module):
-    "Mochi's AsymmDiT; a drop-in for diffusers' `MochiTransformer3DModel` (same state-dict keys, forward and output)."
-    def __init__(self, config: DiTConfig, checkpoint_ratio: float = 0.0):
+class MochiDiT(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin):
+    "Mochi's AsymmDiT; a drop-in for diffusers' `MochiTransformer3DModel` (same arguments, state-dict keys, forward and output)."
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["MochiBlock"]
+    _skip_layerwise_casting_patterns = ["patch_embed", "norm"]
+    _keep_in_fp32_modules = ["pos_frequencies"]
+
+    @register_to_config
+    def __init__(self, patch_size: int = 2, num_attention_heads: int = 24, attention_head_dim: int = 128,
+                 num_layers: int = 48, pooled_projection_dim: int = 1536, in_channels: int = 12,
+                 out_channels: int | None = None, qk_norm: str = "rms_norm", text_embed_dim: int = 4096,
+                 time_embed_dim: int = 256, activation_fn: str = "swiglu", max_sequence_length: int = 256):
         super().__init__()
-        self.config = c = config
-        self.checkpoint_ratio = checkpoint_ratio
+        for name, value, only in (("qk_norm", qk_norm, "rms_norm"), ("activation_fn", activation_fn, "swiglu")):
+            if value != only: raise ValueError(f"MochiDiT: {name}={value!r} is not Mochi's; expected {only!r}")
+        c = DiTConfig(patch_size=patch_size, num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim,
+                      num_layers=num_layers, pooled_projection_dim=pooled_projection_dim, in_channels=in_channels,
+                      out_channels=out_channels, qk_norm=qk_norm, text_embed_dim=text_embed_dim,
+                      time_embed_dim=time_embed_dim, activation_fn=activation_fn, max_sequence_length=max_sequence_length)
+        self.checkpoint_ratio = 0.0
         self.patch_embed = PatchEmbed(c.patch_size, c.in_channels, c.inner_dim)
         self.time_embed = TimeCaptionEmbed(c)
         self.pos_frequencies = nn.Parameter(torch.zeros(3, c.num_attention_heads, c.attention_head_dim // 2))
@@ -274,11 +291,23 @@ class MochiDiT(nn.Module):
         self.proj_out = nn.Linear(c.inner_dim, c.patch_size ** 2 * (c.out_channels or c.in_channels))
 
     @property
+    def dit_config(self) -> DiTConfig:
+        "The config as the kit's `DiTConfig` (`config` is diffusers' frozen dict of the same fields)."
+        return DiTConfig(**{f.name: self.config[f.name] for f in fields(DiTConfig)})
+
+    @property
     def checkpoint_ratio(self) -> float: return self._checkpoint_ratio
     @checkpoint_ratio.setter
     def checkpoint_ratio(self, ratio: float):
         if not 0 <= ratio <= 1: raise ValueError(f"checkpoint_ratio must be in [0, 1], got {ratio}")
         self._checkpoint_ratio = float(ratio)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        "diffusers' switch, mapped onto the kit's knob: on means checkpoint_ratio > 0; switching on means all blocks."
+        return self._checkpoint_ratio > 0
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool): self.checkpoint_ratio = 1.0 if on else 0.0
 
 # %% ../nbs/03_dit.ipynb #03e6ae3f
 @patch
@@ -287,21 +316,6 @@ def checkpointed_blocks(self: MochiDiT) -> set:
     L = len(self.transformer_blocks)
     n = round(self._checkpoint_ratio * L)
     return {i * L // n for i in range(n)} if n else set()
-
-# %% ../nbs/03_dit.ipynb #0f342ea6
-@patch
-def enable_gradient_checkpointing(self: MochiDiT): self.checkpoint_ratio = 1.0
-@patch
-def disable_gradient_checkpointing(self: MochiDiT): self.checkpoint_ratio = 0.0
-@patch(as_prop=True)
-def dtype(self: MochiDiT) -> torch.dtype: return self.proj_out.weight.dtype
-@patch(as_prop=True)
-def device(self: MochiDiT) -> torch.device: return self.proj_out.weight.device
-@patch
-@contextlib.contextmanager
-def cache_context(self: MochiDiT, name: str):
-    "No-op: diffusers' `MochiPipeline` wraps each call in this (its caching hooks); we cache nothing."
-    yield
 
 # %% ../nbs/03_dit.ipynb #786bbda3
 @patch
@@ -394,9 +408,11 @@ def run_blocks(self: MochiDiT, x, text, silu_conditioning, rope, text_mask, atte
     "The joint blocks in order on visual tokens x and caption tokens text; returns the visual tokens."
     attn_mask = None if text_mask.all() else text_mask
     recompute = self.checkpointed_blocks() if torch.is_grad_enabled() else set()
+    # the function given to enable_gradient_checkpointing, if any; else non-reentrant checkpointing, as diffusers does
+    recompute_block = getattr(self, "_gradient_checkpointing_func", None) or (lambda f, *a: checkpoint(f, *a, use_reentrant=False))
     for i, block in enumerate(self.transformer_blocks):
         args = (x, text, silu_conditioning, rope, attn_mask, attend)  # a recomputation gets the same `attend`
-        x, text = checkpoint(block, *args, use_reentrant=False) if i in recompute else block(*args)
+        x, text = recompute_block(block, *args) if i in recompute else block(*args)
     return x
 
 # %% ../nbs/03_dit.ipynb #6a3dd7c6
@@ -409,106 +425,83 @@ def unpatchify(self: MochiDiT, x, silu_conditioning, shape):
     return x.view(B, T, H // p, W // p, p, p, -1).permute(0, 6, 1, 2, 4, 3, 5).reshape(B, -1, T, H, W)
 
 # %% ../nbs/03_dit.ipynb #8e22dd1d
+@contextlib.contextmanager
+def _lora_scale(model: nn.Module, attention_kwargs: dict | None):
+    "LoRA layers scaled by `attention_kwargs['scale']` (default 1) while the block runs, as diffusers' models do."
+    scale = (attention_kwargs or {}).get("scale", 1.0)
+    if USE_PEFT_BACKEND: scale_lora_layers(model, scale)
+    try: yield
+    finally:
+        if USE_PEFT_BACKEND: unscale_lora_layers(model, scale)
+
 @patch
 def forward(self: MochiDiT, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask,
             attention_kwargs=None, return_dict: bool = True, frame_offset: int = 0, num_frames: int | None = None):
     "Predict the flow for latents [B, C, T, H, W] given caption embeddings [B, L, text_dim], mask [B, L] and timesteps."
     # under SP, hidden_states is this rank's shard of the frames and `num_frames` the video's (unpadded) frame count
     self.check_inputs(hidden_states, encoder_hidden_states, timestep, encoder_attention_mask)
-    text, text_mask, silu_conditioning = self.text_and_conditioning(encoder_hidden_states, encoder_attention_mask,
-                                                                    timestep, hidden_states)
-    hidden_states, frame_offset, attend = self.frames_and_attention(hidden_states, text_mask.shape[1], num_frames, frame_offset)
-    x, rope = self.tokens_and_rope(hidden_states, frame_offset)
-    x = self.run_blocks(x, text, silu_conditioning, rope, text_mask, attend)
-    out = self.unpatchify(x, silu_conditioning, hidden_states.shape)
-    return DiTOutput(out) if return_dict else (out,)
+    with _lora_scale(self, attention_kwargs):
+        text, text_mask, silu_conditioning = self.text_and_conditioning(encoder_hidden_states, encoder_attention_mask,
+                                                                        timestep, hidden_states)
+        hidden_states, frame_offset, attend = self.frames_and_attention(hidden_states, text_mask.shape[1], num_frames,
+                                                                        frame_offset)
+        x, rope = self.tokens_and_rope(hidden_states, frame_offset)
+        x = self.run_blocks(x, text, silu_conditioning, rope, text_mask, attend)
+        out = self.unpatchify(x, silu_conditioning, hidden_states.shape)
+    return DiTOutput(sample=out) if return_dict else (out,)
 
 # %% ../nbs/03_dit.ipynb #b07de460
-def _dit_config(cfg) -> DiTConfig:
-    if isinstance(cfg, DiTConfig): return cfg
-    if isinstance(cfg, str): return preset(cfg).dit
-    if isinstance(cfg, dict):
+def _config_dict(config) -> dict:
+    "A preset name, a DiTConfig or a dict (config.json's content) as the dict diffusers' `from_config` takes."
+    if isinstance(config, DiTConfig): return asdict(config)
+    if isinstance(config, str): return asdict(preset(config).dit)
+    if isinstance(config, dict):  # FrozenDict included
         known = {f.name for f in fields(DiTConfig)}
-        unknown = sorted(k for k in cfg if k not in known and not k.startswith("_"))
+        unknown = sorted(k for k in config if k not in known and not k.startswith("_"))
         if unknown: raise ValueError(f"DiT config: unknown keys {unknown}; expected some of {sorted(known)}")
-        return DiTConfig(**{k: v for k, v in cfg.items() if k in known})
-    raise ValueError(f"DiT config: expected a preset name, a DiTConfig or a dict, got {type(cfg).__name__}")
+        return dict(config)
+    raise ValueError(f"DiT config: expected a preset name, a DiTConfig or a dict, got {type(config).__name__}")
 
 # %% ../nbs/03_dit.ipynb #fd849558
 @patch(cls_method=True)
-def from_config(cls: MochiDiT, cfg, device=None, dtype: torch.dtype | None = None, **kwargs) -> MochiDiT:
-    "Build from a preset name ('toy', 'mochi-10b'), a DiTConfig or a dict; `device='meta'` allocates nothing."
-    with torch.device(device or "cpu"):
-        model = cls(_dit_config(cfg), **kwargs)
-    return model if dtype is None else model.to(dtype)
+def from_config(cls: MochiDiT, config=None, return_unused_kwargs: bool = False, device=None,
+                dtype: torch.dtype | None = None, checkpoint_ratio: float = 0.0, **kwargs) -> MochiDiT:
+    """diffusers' `from_config`, also from a preset name ('toy', 'mochi-10b') or a `DiTConfig`; unknown config keys
+    are an error. `device='meta'` allocates nothing; `dtype` casts; `checkpoint_ratio` sets the kit's knob."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        out = super(MochiDiT, cls).from_config(_config_dict(config), return_unused_kwargs=return_unused_kwargs, **kwargs)
+    model = out[0] if return_unused_kwargs else out
+    model.checkpoint_ratio = checkpoint_ratio
+    if dtype is not None: model.to(dtype)
+    return out
 
 # %% ../nbs/03_dit.ipynb #be07c060
-WEIGHTS_NAME, INDEX_NAME = "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"
-
-def _weight_files(folder: Path) -> list:
-    if (folder / INDEX_NAME).exists():
-        weight_map = json.loads((folder / INDEX_NAME).read_text())["weight_map"]
-        return [folder / f for f in sorted(set(weight_map.values()))]
-    if (folder / WEIGHTS_NAME).exists(): return [folder / WEIGHTS_NAME]
-    raise ValueError(f"{folder}: expected {WEIGHTS_NAME} or {INDEX_NAME}")
-
-# %% ../nbs/03_dit.ipynb #720484fe
-def _read_state_dict(files, expected: dict, dtype, device) -> dict:
-    "Read safetensors files, checking every key and shape against `expected` (name -> shape)."
-    from safetensors import safe_open
-    state = {}
-    for f in files:
-        with safe_open(str(f), framework="pt", device=str(device)) as fh:
-            for key in fh.keys():
-                if key not in expected: raise ValueError(f"{f}: unexpected weight {key!r}")
-                t = fh.get_tensor(key)
-                if tuple(t.shape) != tuple(expected[key]):
-                    raise ValueError(f"{f}: weight {key!r} has shape {tuple(t.shape)}, expected {tuple(expected[key])}")
-                state[key] = t if dtype is None else t.to(dtype)
-    missing = sorted(set(expected) - set(state))
-    if missing: raise ValueError(f"{files[0].parent}: missing weights {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    return state
+from diffusers.utils.constants import SAFE_WEIGHTS_INDEX_NAME as INDEX_NAME, SAFETENSORS_WEIGHTS_NAME as WEIGHTS_NAME
 
 # %% ../nbs/03_dit.ipynb #0b631dc4
 @patch(cls_method=True)
-def from_pretrained(cls: MochiDiT, path, torch_dtype: torch.dtype | None = None, device="cpu", **kwargs) -> MochiDiT:
-    "Load a diffusers-format transformer folder (or a model folder holding `transformer/`)."
-    folder = Path(path)
-    if not (folder / "config.json").exists() and (folder / "transformer" / "config.json").exists():
-        folder = folder / "transformer"
-    if not (folder / "config.json").exists(): raise ValueError(f"{folder}: expected config.json")
-    model = cls.from_config(json.loads((folder / "config.json").read_text()), device="meta", **kwargs)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    model.load_state_dict(_read_state_dict(_weight_files(folder), expected, torch_dtype, device), assign=True)
-    return model.eval()
+def from_pretrained(cls: MochiDiT, pretrained_model_name_or_path, **kwargs) -> MochiDiT:
+    """diffusers' `from_pretrained`; a local model folder holding `transformer/` (and no config.json) loads that
+    subfolder, and weights missing from the checkpoint are an error (diffusers warns and leaves them on meta)."""
+    root = Path(pretrained_model_name_or_path)
+    if ("subfolder" not in kwargs and root.is_dir() and not (root / "config.json").exists()
+            and (root / "transformer" / "config.json").exists()):
+        kwargs["subfolder"] = "transformer"
+    model = super(MochiDiT, cls).from_pretrained(pretrained_model_name_or_path, **kwargs)
+    if kwargs.get("device_map") is None:  # with a device map, accelerate may keep offloaded weights on meta
+        missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if missing:
+            raise ValueError(f"{root / kwargs.get('subfolder', '')}: weights missing from the checkpoint: "
+                             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return model
 
-# %% ../nbs/03_dit.ipynb #17d2e266
-def _diffusers_version() -> str:
-    try:
-        import diffusers
-        return diffusers.__version__
-    except ImportError: return "0.32.0"
-
-# %% ../nbs/03_dit.ipynb #aadfe997
+# %% ../nbs/03_dit.ipynb #ea971bb9
 @patch
-def save_pretrained(self: MochiDiT, path, max_shard_size: int = 10 * 2**30):
-    "Write config.json and safetensors weights (sharded with an index above `max_shard_size` bytes) to `path`."
-    from safetensors.torch import save_file
-    folder = Path(path); folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("diffusion_pytorch_model*.safetensors*"): old.unlink()  # a stale index would win on load
-    config = {"_class_name": "MochiTransformer3DModel", "_diffusers_version": _diffusers_version(), **asdict(self.config)}
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    shards, size = [{}], 0
-    for key, t in self.state_dict().items():
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_size: shards.append({}); size = 0
-        shards[-1][key] = t.detach().contiguous().cpu()
-        size += nbytes
-    if len(shards) == 1: return save_file(shards[0], str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    weight_map, n = {}, len(shards)
-    for i, shard in enumerate(shards):
-        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{n:05d}.safetensors"
-        save_file(shard, str(folder / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, name))
-    total = sum(t.numel() * t.element_size() for t in self.state_dict().values())
-    (folder / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+def save_pretrained(self: MochiDiT, save_directory, *args, **kwargs):
+    """diffusers' `save_pretrained`; afterwards a shard index left by an earlier sharded save, whose shards this save
+    removed, is removed too (diffusers leaves it, and an index wins over the single file on load)."""
+    out = super(MochiDiT, self).save_pretrained(save_directory, *args, **kwargs)
+    for index in Path(save_directory).glob("diffusion_pytorch_model*.index*.json"):
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        if not all((index.parent / s).exists() for s in shards): index.unlink()
+    return out

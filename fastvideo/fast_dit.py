@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['f32', 'rms_scale', 'norm_rope', 'fused_linear', 'swiglu']
+__all__ = ['f32', 'unhooked', 'rms_scale', 'norm_rope', 'fused_linear', 'swiglu']
 
 # %% ../nbs/03a_fast_dit.ipynb #314112f6
 def f32(t: torch.Tensor) -> torch.Tensor:
@@ -17,6 +17,16 @@ def f32(t: torch.Tensor) -> torch.Tensor:
 def _complex(x: torch.Tensor) -> torch.Tensor:
     "Channel pairs (0,1), (2,3), ... of x (fp32, last dim even) as complex numbers: a view."
     return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+
+# %% ../nbs/03a_fast_dit.ipynb #ac39602b
+def unhooked(m: nn.Module, cls: type | None = None) -> bool:
+    """True when calling `m` runs only its class's own `forward` (and, with `cls`, when `m` is exactly a `cls`): no
+    torch forward hooks, no forward replaced by a wrapper (accelerate's and diffusers' hooks replace it)."""
+    if cls is not None and type(m) is not cls: return False
+    forward = m.__dict__.get("forward")  # set on the instance by a hook; a removed hook leaves the bound method back
+    if forward is not None and getattr(forward, "__func__", None) is not type(m).forward: return False
+    hooks = torch.nn.modules.module
+    return not (m._forward_pre_hooks or m._forward_hooks or hooks._global_forward_pre_hooks or hooks._global_forward_hooks)
 
 # %% ../nbs/03a_fast_dit.ipynb #aa70fc07
 _EPS = {}  # (eps, device) -> 0-dim fp32 tensor, so `eps + |x|^2 / D` is a single addcmul
@@ -107,21 +117,25 @@ class _NormRope(torch.autograd.Function):
         return grad_x.to(ctx.dtypes[0]), grad_w, grad_xt, grad_wt, grad_angles, None, None, None
 
 def norm_rope(x, norm, x_txt, norm_txt, angles, rotation, dtype):
-    "Joint q or k [B, N + L, heads, head_dim]: visual x normed by `norm` (a HeadRMSNorm) and rotated, text x_txt (or None) normed by `norm_txt`."
+    """Joint q or k [B, N + L, heads, head_dim]: visual x normed by `norm` (a HeadRMSNorm: fp32 out) and rotated, text
+    x_txt (or None) normed by `norm_txt`; `rotation` is `angles` as unit complex numbers (the gradient flows to angles)."""
+    if not (unhooked(norm) and (x_txt is None or unhooked(norm_txt))):  # hooked norms (offload): run them as modules
+        vis = torch.view_as_real(_complex(f32(norm(x))) * torch.polar(torch.ones_like(angles), angles)).flatten(-2)
+        return torch.cat([vis] + ([] if x_txt is None else [f32(norm_txt(x_txt))]), 1).to(dtype)
     w_txt = None if x_txt is None else f32(norm_txt.weight)
     return _NormRope.apply(x, f32(norm.weight), x_txt, w_txt, angles, rotation, norm.eps, dtype)
 
 # %% ../nbs/03a_fast_dit.ipynb #3d84405a
 def fused_linear(x: torch.Tensor, linears: list) -> tuple:
-    "Apply bias-free Linears to x, as one matmul on their concatenated weights when they are all plain `nn.Linear`."
-    if all(type(m) is nn.Linear and m.bias is None for m in linears):
+    "Apply bias-free Linears to x, as one matmul on their concatenated weights when they are all plain, unhooked `nn.Linear`."
+    if all(unhooked(m, nn.Linear) and m.bias is None for m in linears):
         return F.linear(x, torch.cat([m.weight for m in linears])).chunk(len(linears), -1)
-    return tuple(m(x) for m in linears)
+    return tuple(m(x) for m in linears)  # an adapter or a hook: each layer runs as itself
 
 # %% ../nbs/03a_fast_dit.ipynb #1e20efb7
 def swiglu(x: torch.Tensor, proj: nn.Module) -> torch.Tensor:
-    "value * silu(gate), the halves of `proj(x)`; a plain bias-free `nn.Linear` runs as two matmuls on its weight's halves."
-    if type(proj) is not nn.Linear or proj.bias is not None:  # a wrapped (LoRA) layer: run it as a module
+    "value * silu(gate), the halves of `proj(x)`; a plain, unhooked bias-free `nn.Linear` runs as two matmuls on its weight's halves."
+    if not unhooked(proj, nn.Linear) or proj.bias is not None:  # a wrapped (LoRA) or hooked layer: run it as a module
         value, gate = proj(x).chunk(2, -1)
         return value * F.silu(gate)
     w_value, w_gate = proj.weight.chunk(2, 0)

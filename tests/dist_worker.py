@@ -208,7 +208,7 @@ def dit_run(model, latents, text, timestep, mask, weights, sp: bool):
 
 
 def dit_model(seed=0, checkpoint_ratio=0.0):
-    return randomize_parameters(MochiDiT(DIT_CFG, checkpoint_ratio=checkpoint_ratio), seed=seed)
+    return randomize_parameters(MochiDiT.from_config(DIT_CFG, checkpoint_ratio=checkpoint_ratio), seed=seed)
 
 
 def dit_compare(model, inputs):
