@@ -11,7 +11,9 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from fastcore.basics import patch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
@@ -188,8 +190,11 @@ class FeedForward(nn.Module):
     def forward(self, x): return self.net[2](self.net[0](x))
 
 # %% ../nbs/03_dit.ipynb #06c99507
-class JointAttention(nn.Module):
-    "Visual and text projections to heads, QK norms, RoPE on visual q/k, one joint softmax, output projections."
+class JointAttention(nn.Module, AttentionModuleMixin):
+    """Visual and text projections to heads, QK norms, RoPE on visual q/k, one joint softmax, output projections.
+    An `AttentionModuleMixin` only so that diffusers' caches (FasterCache, pyramid attention broadcast) find it: it
+    has no processor, and its projections are fused by `fused_linear`, not by diffusers."""
+    processor, _supports_qkv_fusion = None, False
     def __init__(self, dim: int, text_dim: int, heads: int, head_dim: int, last: bool = False):
         super().__init__()
         self.heads, self.last = heads, last
@@ -218,7 +223,8 @@ class JointAttention(nn.Module):
             q_txt = None if q_txt is None else q[:, :, N:]
             out_vis, out_txt = attend(q[:, :, :N], k[:, :, :N], v[:, :, :N], q_txt, k[:, :, N:], v[:, :, N:], text_mask)
         out_vis = self.to_out[0](out_vis.transpose(1, 2).flatten(2))
-        return out_vis, None if out_txt is None else self.to_add_out(out_txt.transpose(1, 2).flatten(2))
+        if self.last: return out_vis  # one tensor, not (tensor, None): the form diffusers' attention caches handle
+        return out_vis, self.to_add_out(out_txt.transpose(1, 2).flatten(2))
 
 # %% ../nbs/03_dit.ipynb #c3365684
 class MochiBlock(nn.Module):
@@ -233,13 +239,14 @@ class MochiBlock(nn.Module):
         self.ff = FeedForward(dim, 4 * dim * 2 // 3)
         if not last: self.ff_context = FeedForward(text_dim, 4 * text_dim * 2 // 3)
 
-    def forward(self, x, text, silu_conditioning, rope, text_mask, attend=None):
-        "attend: passed on to the joint attention (None: its own fast path)."
-        eps = self.eps
+    def forward(self, hidden_states, encoder_hidden_states, silu_conditioning, rope, text_mask, attend=None):
+        """The visual and text tokens through the block; attend: passed on to the joint attention (None: its own fast
+        path). The streams have diffusers' names: its cache hooks (first-block cache) find them by name."""
+        x, text, eps = hidden_states, encoder_hidden_states, self.eps
         scale_attn, gate_attn, scale_ff, gate_ff = self.norm1(silu_conditioning)
         text_mod = self.norm1_context(silu_conditioning)
-        out_vis, out_txt = self.attn1(modulated(x, scale_attn, eps), modulated(text, text_mod[0], eps), rope, text_mask,
-                                      attend)
+        out = self.attn1(modulated(x, scale_attn, eps), modulated(text, text_mod[0], eps), rope, text_mask, attend)
+        out_vis, out_txt = (out, None) if self.last else out
         x = gated_residual(x, out_vis, gate_attn, eps)
         x = gated_residual(x, self.ff(modulated(x, scale_ff, eps)), gate_ff, eps)
         if self.last: return x, text
@@ -247,6 +254,11 @@ class MochiBlock(nn.Module):
         text = gated_residual(text, out_txt, text_gate_attn, eps)
         text = gated_residual(text, self.ff_context(modulated(text, text_scale_ff, eps)), text_gate_ff, eps)
         return x, text
+
+# %% ../nbs/03_dit.ipynb #898b7bf2
+# diffusers' block caches (first-block cache, FasterCache) look a block's outputs up here: (visual, text)
+TransformerBlockRegistry.register(MochiBlock, TransformerBlockMetadata(return_hidden_states_index=0,
+                                                                       return_encoder_hidden_states_index=1))
 
 # %% ../nbs/03_dit.ipynb #3c2908c5
 class FinalLayer(nn.Module):
@@ -497,11 +509,16 @@ def from_pretrained(cls: MochiDiT, pretrained_model_name_or_path, **kwargs) -> M
 
 # %% ../nbs/03_dit.ipynb #ea971bb9
 @patch
-def save_pretrained(self: MochiDiT, save_directory, *args, **kwargs):
-    """diffusers' `save_pretrained`; afterwards a shard index left by an earlier sharded save, whose shards this save
-    removed, is removed too (diffusers leaves it, and an index wins over the single file on load)."""
-    out = super(MochiDiT, self).save_pretrained(save_directory, *args, **kwargs)
-    for index in Path(save_directory).glob("diffusion_pytorch_model*.index*.json"):
+def save_pretrained(self: MochiDiT, save_directory, is_main_process: bool = True, save_function=None,
+                    safe_serialization: bool = True, variant: str | None = None, max_shard_size: int | str = "10GB",
+                    push_to_hub: bool = False, **kwargs):
+    """diffusers' `save_pretrained` (the same signature: a pipeline passes on what the signature names); afterwards a
+    shard index left by an earlier sharded save, whose shards this save removed, is removed too (diffusers leaves it,
+    and an index wins over the single file on load)."""
+    out = super(MochiDiT, self).save_pretrained(save_directory, is_main_process=is_main_process, save_function=save_function,
+                                               safe_serialization=safe_serialization, variant=variant,
+                                               max_shard_size=max_shard_size, push_to_hub=push_to_hub, **kwargs)
+    for index in Path(save_directory).glob("diffusion_pytorch_model*.index*.json") if is_main_process else ():
         shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
         if not all((index.parent / s).exists() for s in shards): index.unlink()
     return out
