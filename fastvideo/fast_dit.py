@@ -85,13 +85,17 @@ class _NormRope(torch.autograd.Function):
         out = x.new_empty(B, N + L, H, D, dtype=dtype)
         xf = f32(x)
         r = _inv_rms(xf, eps)
-        if dtype == torch.float32: torch.mul(_complex((xf * r).mul_(w)), rotation, out=_complex(out[:, :N]))
+        # eager fp32 writes the rotation straight into the joint tensor; torch.compile loses an out= write through a
+        # complex view of a slice (its output came back wrong), so a compiled graph assigns the slice instead
+        compiling = torch.compiler.is_compiling()
+        if dtype == torch.float32 and not compiling: torch.mul(_complex((xf * r).mul_(w)), rotation, out=_complex(out[:, :N]))
         else: out[:, :N] = torch.view_as_real(_complex((xf * r).mul_(w)) * rotation).flatten(-2)
         saved = [xf, r, w, rotation, out]
         if L:
             tf = f32(x_txt)
             rt = _inv_rms(tf, eps)
-            torch.mul(tf * rt, w_txt, out=out[:, N:])
+            if compiling: out[:, N:] = (tf * rt) * w_txt
+            else: torch.mul(tf * rt, w_txt, out=out[:, N:])
             saved += [tf, rt, w_txt]
         ctx.save_for_backward(*saved)
         ctx.N, ctx.dtypes = N, (x.dtype, None if x_txt is None else x_txt.dtype)
