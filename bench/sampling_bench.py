@@ -15,7 +15,7 @@ args = p.parse_args()
 torch.set_num_threads(args.threads)
 
 ours = sampling.load_pipeline("toy")
-ref = MochiPipeline.from_pretrained(toy.model_path(), torch_dtype=torch.float32)
+ref = MochiPipeline.from_pretrained(toy.model_path(), dtype=torch.float32)
 ref.set_progress_bar_config(disable=True)
 size = dict(num_frames=19, height=64, width=112)
 prompt = "a red circle moving left"

@@ -100,12 +100,12 @@ def load_encoders(model_path, dtype=torch.float32, device="cpu", vae_tiling: boo
     from transformers import AutoTokenizer, T5EncoderModel
     root = resolve_model_path(model_path)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    vae = _load_part(root, "vae", lambda: AutoencoderKLMochi.from_pretrained(root, subfolder="vae", torch_dtype=dtype))
+    vae = _load_part(root, "vae", lambda: AutoencoderKLMochi.from_pretrained(root, subfolder="vae", dtype=dtype))
     vae = vae.to(device).eval().requires_grad_(False)
     if vae_tiling: vae.enable_tiling()  # encode big frames in overlapping tiles to bound memory
     with _quiet_loading():
         text_encoder = _load_part(root, "text_encoder",
-                                  lambda: T5EncoderModel.from_pretrained(root, subfolder="text_encoder", torch_dtype=dtype))
+                                  lambda: T5EncoderModel.from_pretrained(root, subfolder="text_encoder", dtype=dtype))
     text_encoder = text_encoder.to(device).eval()
     tokenizer = _load_part(root, "tokenizer", lambda: AutoTokenizer.from_pretrained(root, subfolder="tokenizer"))
     return Encoders(vae, text_encoder.requires_grad_(False), tokenizer,

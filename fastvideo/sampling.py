@@ -47,14 +47,14 @@ class Pipeline:
         enc = load_encoders(root, dtype=torch_dtype, device=device, vae_tiling=vae_tiling)
         if transformer is None:
             from fastvideo.dit import MochiDiT
-            transformer = MochiDiT.from_pretrained(root / "transformer", torch_dtype=torch_dtype)
+            transformer = MochiDiT.from_pretrained(root / "transformer", dtype=torch_dtype)
         transformer = transformer.to(device).eval().requires_grad_(False)
         return cls(transformer, enc.vae, enc.text_encoder, enc.tokenizer, enc.max_sequence_length, root)
 
     @property
-    def device(self): return next(self.transformer.parameters()).device
+    def device(self): return self.transformer.device  # ModelMixin's: the first parameter may be a kept-fp32 one
     @property
-    def dtype(self): return next(self.transformer.parameters()).dtype
+    def dtype(self): return self.transformer.dtype
 
 # %% ../nbs/06_sampling.ipynb #121eab00
 def read_prompts(prompt=None, prompt_path=None) -> list:

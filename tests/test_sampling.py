@@ -24,7 +24,7 @@ def start_latents(seed=0, batch=2):
 @pytest.mark.parametrize("scheduler_type, steps, guidance", [("euler", 4, 4.5), ("euler", 3, 1.0)])
 def test_generate_equals_diffusers_pipeline(pipe, scheduler_type, steps, guidance):
     from diffusers import MochiPipeline
-    ref_pipe = MochiPipeline.from_pretrained(toy.model_path(), torch_dtype=torch.float32)
+    ref_pipe = MochiPipeline.from_pretrained(toy.model_path(), dtype=torch.float32)
     assert ref_pipe.config.force_zeros_for_empty_prompt, "the toy folder must follow the empty-prompt rule"
     latents = start_latents()
     ref = ref_pipe(PROMPTS, guidance_scale=guidance, num_inference_steps=steps, latents=latents.clone(),
