@@ -24,7 +24,8 @@ from .config import DiTConfig, preset
 __all__ = ['DiTOutput', 'randomize_parameters', 'PatchEmbed', 'timestep_features', 'TimestepMLP', 'CaptionPool',
            'TimeCaptionEmbed', 'rope_positions', 'rope_angles', 'rope_rotation', 'apply_rope', 'modulated',
            'gated_residual', 'Modulation', 'LastTextModulation', 'HeadRMSNorm', 'SwiGLUProj', 'FeedForward',
-           'JointAttention', 'MochiBlock', 'FinalLayer', 'MochiDiT', 'attention', 'joint_attention']
+           'JointAttention', 'MochiBlock', 'FinalLayer', 'MochiDiT', 'genmo_to_diffusers', 'genmo_state_dict',
+           'attention', 'joint_attention']
 
 # %% ../nbs/03_dit.ipynb #2fcf0d28
 from .fast_dit import f32, fused_linear, norm_rope, rms_scale, swiglu, unhooked  # the fused parts (03a_fast_dit)
@@ -522,3 +523,74 @@ def save_pretrained(self: MochiDiT, save_directory, is_main_process: bool = True
         shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
         if not all((index.parent / s).exists() for s in shards): index.unlink()
     return out
+
+# %% ../nbs/03_dit.ipynb #4c0b1803
+def _genmo_layout(num_layers: int) -> list:
+    "(genmo key, our keys, how) for every tensor; how: 'same', 'swap' (halves in the other order) or 'cat' (one genmo tensor)."
+    top = [("x_embedder.proj", "patch_embed.proj"), ("t_embedder.mlp.0", "time_embed.timestep_embedder.linear_1"),
+           ("t_embedder.mlp.2", "time_embed.timestep_embedder.linear_2"), ("t5_y_embedder.to_kv", "time_embed.pooler.to_kv"),
+           ("t5_y_embedder.to_q", "time_embed.pooler.to_q"), ("t5_y_embedder.to_out", "time_embed.pooler.to_out"),
+           ("t5_yproj", "time_embed.caption_proj"), ("final_layer.linear", "proj_out")]
+    layout = [(f"{g}.{p}", [f"{d}.{p}"], "same") for g, d in top for p in ("weight", "bias")]
+    layout += [(f"final_layer.mod.{p}", [f"norm_out.linear.{p}"], "swap") for p in ("weight", "bias")]
+    layout.append(("pos_frequencies", ["pos_frequencies"], "same"))
+    for i in range(num_layers):
+        g, d, last = f"blocks.{i}.", f"transformer_blocks.{i}.", i == num_layers - 1
+        a = d + "attn1."
+        pairs = [("mod_x", d + "norm1.linear"), ("mod_y", d + ("norm1_context.linear_1" if last else "norm1_context.linear")),
+                 ("attn.proj_x", a + "to_out.0")] + ([] if last else [("attn.proj_y", a + "to_add_out")])
+        layout += [(f"{g}{k}.{p}", [f"{v}.{p}"], "same") for k, v in pairs for p in ("weight", "bias")]
+        norms = [("q_norm_x", "norm_q"), ("k_norm_x", "norm_k"), ("q_norm_y", "norm_added_q"), ("k_norm_y", "norm_added_k")]
+        layout += [(f"{g}attn.{k}.weight", [f"{a}{v}.weight"], "same") for k, v in norms]
+        layout += [(f"{g}attn.qkv_x.weight", [f"{a}to_{x}.weight" for x in "qkv"], "cat"),
+                   (f"{g}attn.qkv_y.weight", [f"{a}add_{x}_proj.weight" for x in "qkv"], "cat")]
+        for stream, ff in (("x", "ff"),) + (() if last else (("y", "ff_context"),)):
+            layout += [(f"{g}mlp_{stream}.w1.weight", [f"{d}{ff}.net.0.proj.weight"], "swap"),
+                       (f"{g}mlp_{stream}.w2.weight", [f"{d}{ff}.net.2.weight"], "same")]
+    return layout
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor: return torch.cat(t.chunk(2, 0)[::-1])
+
+# %% ../nbs/03_dit.ipynb #7c7cd418
+def genmo_to_diffusers(state: dict, num_layers: int, source: str = "checkpoint") -> dict:
+    "genmo's (or ComfyUI's) state dict -> ours (diffusers' keys); missing or unexpected keys are an error naming `source`."
+    state = {k.removeprefix("model.diffusion_model."): v for k, v in state.items()}
+    layout = _genmo_layout(num_layers)
+    missing = [g for g, _, _ in layout if g not in state]
+    unexpected = sorted(set(state) - {g for g, _, _ in layout})
+    if missing or unexpected:
+        raise ValueError(f"{source}: not genmo's Mochi layout with {num_layers} blocks: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]} (num_layers in the config must match the checkpoint's blocks)")
+    out = {}
+    for g, ours, how in layout:
+        t = state[g]
+        parts = t.chunk(3, 0) if how == "cat" else [_swap_halves(t) if how == "swap" else t]
+        out.update(zip(ours, parts))
+    return out
+
+def genmo_state_dict(model: nn.Module) -> dict:
+    "A MochiDiT's (or diffusers' MochiTransformer3DModel's) weights in genmo's layout: what genmo's own code loads."
+    state, L = model.state_dict(), model.config.num_layers
+    out = {}
+    for g, ours, how in _genmo_layout(L):
+        t = torch.cat([state[k] for k in ours]) if how == "cat" else state[ours[0]]
+        out[g] = _swap_halves(t) if how == "swap" else t
+    return {k: v.contiguous() for k, v in out.items()}
+
+# %% ../nbs/03_dit.ipynb #f63a9de2
+@patch(cls_method=True)
+def from_single_file(cls: MochiDiT, path, config="mochi-10b", dtype: torch.dtype | None = None, device="cpu") -> MochiDiT:
+    """genmo's single-file checkpoint (`dit.safetensors`, genmo's or ComfyUI's keys) as a MochiDiT; `config`: a preset
+    name, a DiTConfig, a dict or a diffusers transformer folder; `dtype` casts, the RoPE frequencies staying fp32."""
+    from safetensors.torch import load_file
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise ValueError(f"{path}: expected genmo's single-file checkpoint, a .safetensors file")
+    if isinstance(config, (str, Path)) and Path(config).is_dir(): config = cls.load_config(config)
+    model = cls.from_config(config, device="meta")
+    state = genmo_to_diffusers(load_file(str(path), device=str(device)), model.config.num_layers, str(path))
+    if dtype is not None:
+        keep = tuple(cls._keep_in_fp32_modules or ())
+        state = {k: v if any(m in k for m in keep) else v.to(dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=True)
+    return model.eval()

@@ -69,10 +69,13 @@ def test_bf16_load_of_fp32_weights_subfolder_variant_and_shards(pair, tmp_path):
     assert half.pos_frequencies.dtype == torch.float32  # kept: angles from bf16 frequencies are off by a fraction of a turn
     also = MochiDiT.from_pretrained(tmp_path / "model", variant="ema", dtype=torch.bfloat16)  # `dtype` too; root found
     assert also.dtype == torch.bfloat16
+    for kwargs in ({"device_map": "cpu"}, {"low_cpu_mem_usage": False}):  # accelerate's placement; plain init + load
+        other = MochiDiT.from_pretrained(tmp_path / "model", subfolder="transformer", variant="ema", **kwargs)
+        assert all(torch.equal(other.state_dict()[k], v) for k, v in ref.state_dict().items()), kwargs
     ours.save_pretrained(tmp_path / "ours")
     assert json.loads((tmp_path / "ours" / "config.json").read_text())["num_layers"] == CFG.num_layers
     theirs = MochiTransformer3DModel.from_pretrained(tmp_path / "ours")
-    assert all(torch.equal(a, b) for a, b in zip(theirs.state_dict().values(), ref.state_dict().values()))
+    assert all(torch.equal(theirs.state_dict()[k], v) for k, v in ref.state_dict().items())
 
 
 def test_pipeline_with_our_transformer_equals_diffusers_and_round_trips(tmp_path):
@@ -186,3 +189,17 @@ def test_torch_compile_of_our_model_equals_eager(pair):
     assert (out - eager).abs().max() <= 1e-4
     for n, p in model.named_parameters():
         if p.grad is not None: assert (grads[n] - p.grad).abs().max() <= 1e-3 * p.grad.abs().max() + 1e-7, n
+
+
+def test_genmo_single_file_round_trip_with_config_folder_and_dtype(pair, tmp_path):
+    from safetensors.torch import save_file
+    from fastvideo.dit import genmo_state_dict
+    ours, ref = pair
+    ref.save_pretrained(tmp_path / "transformer")
+    save_file(genmo_state_dict(ours), tmp_path / "dit.safetensors")
+    half = MochiDiT.from_single_file(tmp_path / "dit.safetensors", config=tmp_path / "transformer", dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half.pos_frequencies.dtype == torch.float32
+    for k, v in ref.state_dict().items(): assert torch.equal(half.state_dict()[k], v.to(half.state_dict()[k].dtype)), k
+    assert half.dit_config == CFG
+    with pytest.raises(ValueError, match="dit.pt: expected genmo's single-file checkpoint, a .safetensors file"):
+        MochiDiT.from_single_file(tmp_path / "dit.pt", config=CFG)

@@ -147,7 +147,7 @@ def test_save_over_a_sharded_save_replaces_it(tmp_path):
     second.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     loaded = MochiDiT.from_pretrained(tmp_path)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), second.state_dict().values()))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in second.state_dict().items())
 
 def test_gpu_block_bench_runs_on_cpu():
     "The prepared GPU check (bench/dit_gpu_block.py) must not rot between GPU sessions: its CPU smoke run works and agrees."
