@@ -500,6 +500,9 @@ def from_pretrained(cls: MochiDiT, pretrained_model_name_or_path, **kwargs) -> M
     if ("subfolder" not in kwargs and root.is_dir() and not (root / "config.json").exists()
             and (root / "transformer" / "config.json").exists()):
         kwargs["subfolder"] = "transformer"
+    if kwargs.get("low_cpu_mem_usage") is False and cls._keep_in_fp32_modules:
+        # diffusers refuses low_cpu_mem_usage=False with fp32-kept modules; the loaded model is the same either way
+        kwargs["low_cpu_mem_usage"] = True
     model = super(MochiDiT, cls).from_pretrained(pretrained_model_name_or_path, **kwargs)
     if kwargs.get("device_map") is None:  # with a device map, accelerate may keep offloaded weights on meta
         missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
