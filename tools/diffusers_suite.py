@@ -46,7 +46,8 @@ def build_tiny_t5(folder: Path):
     T5Tokenizer(vocab=vocab, extra_ids=100).save_pretrained(folder)  # at most 1100 ids: within the 1103 embeddings
     torch.manual_seed(0)
     config = T5Config(vocab_size=1103, d_model=32, d_ff=37, d_kv=8, num_layers=5, num_heads=4,
-                      relative_attention_num_buckets=8, feed_forward_proj="relu", pad_token_id=0, eos_token_id=1)
+                      relative_attention_num_buckets=8, feed_forward_proj="relu", initializer_factor=0.002, dropout_rate=0.1,
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)  # the hub model's init scale
     T5EncoderModel(config).save_pretrained(folder)
 
 
@@ -62,11 +63,15 @@ def export(git_dir: str, commit: str, out: Path, t5: Path):
             if not f.exists(): continue
             text = f.read_text().replace(HUB_T5, f'"{t5}"')
             if variant == "B":  # the import substitution, nothing else
-                text = re.sub(r"^(from diffusers import .*)$", lambda m: m.group(1)
-                              .replace(", MochiTransformer3DModel", "").replace("MochiTransformer3DModel, ", ""),
-                              text, flags=re.M)
-                text = text.replace("from diffusers import MochiTransformer3DModel\n", "")
-                text = re.sub(r"^(from diffusers import .*)$", r"\1\nfrom fastvideo.dit import MochiDiT", text, count=1, flags=re.M)
+                lone = r"^from diffusers import MochiTransformer3DModel$"
+                if re.search(lone, text, flags=re.M):
+                    text = re.sub(lone, "from fastvideo.dit import MochiDiT", text, flags=re.M)
+                else:  # one name among others: drop it there, import ours after the first such line
+                    text = re.sub(r"^from diffusers import .*$", lambda m: re.sub(r",? MochiTransformer3DModel\b,?", lambda n:
+                                  "," if n.group(0).startswith(",") and n.group(0).endswith(",") else "", m.group(0)),
+                                  text, flags=re.M)
+                    text = re.sub(r"^(from diffusers import .*)$", r"\1\nfrom fastvideo.dit import MochiDiT", text,
+                                  count=1, flags=re.M)
                 text = re.sub(r"\bMochiTransformer3DModel\b", "MochiDiT", text)
             f.write_text(text)
 
