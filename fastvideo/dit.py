@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_dit.ipynb #01eefc26
 from __future__ import annotations
-import contextlib, json, math
+import contextlib, functools, json, math, re
 from dataclasses import asdict, fields
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -330,6 +330,12 @@ def checkpointed_blocks(self: MochiDiT) -> set:
     n = round(self._checkpoint_ratio * L)
     return {i * L // n for i in range(n)} if n else set()
 
+@patch
+def _set_gradient_checkpointing(self: MochiDiT, enable: bool = True, gradient_checkpointing_func=None):
+    "diffusers' switch, behind `enable_`/`disable_gradient_checkpointing`: on = every block, recomputed with the given function."
+    self._gradient_checkpointing_func = gradient_checkpointing_func if enable else None  # off: back to our default
+    self.checkpoint_ratio = 1.0 if enable else 0.0
+
 # %% ../nbs/03_dit.ipynb #786bbda3
 @patch
 def check_inputs(self: MochiDiT, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask):
@@ -423,10 +429,17 @@ def run_blocks(self: MochiDiT, x, text, silu_conditioning, rope, text_mask, atte
     recompute = self.checkpointed_blocks() if torch.is_grad_enabled() else set()
     # the function given to enable_gradient_checkpointing, if any; else non-reentrant checkpointing, as diffusers does
     recompute_block = getattr(self, "_gradient_checkpointing_func", None) or (lambda f, *a: checkpoint(f, *a, use_reentrant=False))
+    scale = getattr(self, "_lora_active_scale", 1.0)  # this call's LoRA scale, which a recomputation must use too
     for i, block in enumerate(self.transformer_blocks):
         args = (x, text, silu_conditioning, rope, attn_mask, attend)  # a recomputation gets the same `attend`
-        x, text = recompute_block(block, *args) if i in recompute else block(*args)
+        x, text = recompute_block(functools.partial(_at_lora_scale, self, block, scale), *args) if i in recompute else block(*args)
     return x
+
+def _at_lora_scale(model, block, scale, *args):
+    """`block(*args)` at LoRA scale `scale`, that of the forward call it belongs to: a recomputation in backward runs
+    after that call has undone its scale (`_lora_scale`), so it scales the block's own LoRA layers meanwhile."""
+    if scale == getattr(model, "_lora_active_scale", 1.0): return block(*args)  # in the forward itself: scaled already
+    with _lora_scale(block, scale): return block(*args)
 
 # %% ../nbs/03_dit.ipynb #6a3dd7c6
 @patch
@@ -439,13 +452,15 @@ def unpatchify(self: MochiDiT, x, silu_conditioning, shape):
 
 # %% ../nbs/03_dit.ipynb #8e22dd1d
 @contextlib.contextmanager
-def _lora_scale(model: nn.Module, attention_kwargs: dict | None):
-    "LoRA layers scaled by `attention_kwargs['scale']` (default 1) while the block runs, as diffusers' models do."
-    scale = (attention_kwargs or {}).get("scale", 1.0)
-    if USE_PEFT_BACKEND: scale_lora_layers(model, scale)
+def _lora_scale(module: nn.Module, scale: float, model: nn.Module | None = None):
+    """The LoRA layers in `module` scaled by `scale` while the context is open, as diffusers' models do; with `model`,
+    the scale is also recorded as the model's active one (what its checkpointed blocks are recomputed at)."""
+    if USE_PEFT_BACKEND: scale_lora_layers(module, scale)
+    if model is not None: model._lora_active_scale = scale
     try: yield
     finally:
-        if USE_PEFT_BACKEND: unscale_lora_layers(model, scale)
+        if model is not None: model._lora_active_scale = 1.0
+        if USE_PEFT_BACKEND: unscale_lora_layers(module, scale)
 
 @patch
 def forward(self: MochiDiT, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask,
@@ -453,7 +468,7 @@ def forward(self: MochiDiT, hidden_states, encoder_hidden_states, timestep, enco
     "Predict the flow for latents [B, C, T, H, W] given caption embeddings [B, L, text_dim], mask [B, L] and timesteps."
     # under SP, hidden_states is this rank's shard of the frames and `num_frames` the video's (unpadded) frame count
     self.check_inputs(hidden_states, encoder_hidden_states, timestep, encoder_attention_mask)
-    with _lora_scale(self, attention_kwargs):
+    with _lora_scale(self, (attention_kwargs or {}).get("scale", 1.0), model=self):
         text, text_mask, silu_conditioning = self.text_and_conditioning(encoder_hidden_states, encoder_attention_mask,
                                                                         timestep, hidden_states)
         hidden_states, frame_offset, attend = self.frames_and_attention(hidden_states, text_mask.shape[1], num_frames,
@@ -480,12 +495,16 @@ def _config_dict(config) -> dict:
 def from_config(cls: MochiDiT, config=None, return_unused_kwargs: bool = False, device=None,
                 dtype: torch.dtype | None = None, checkpoint_ratio: float = 0.0, **kwargs) -> MochiDiT:
     """diffusers' `from_config`, also from a preset name ('toy', 'mochi-10b') or a `DiTConfig`; unknown config keys
-    are an error. `device='meta'` allocates nothing; `dtype` casts; `checkpoint_ratio` sets the kit's knob."""
+    are an error. `device='meta'` allocates nothing; `dtype` casts (the RoPE frequencies stay fp32);
+    `checkpoint_ratio` sets the kit's knob."""
     with torch.device(device) if device is not None else contextlib.nullcontext():
         out = super(MochiDiT, cls).from_config(_config_dict(config), return_unused_kwargs=return_unused_kwargs, **kwargs)
     model = out[0] if return_unused_kwargs else out
     model.checkpoint_ratio = checkpoint_ratio
-    if dtype is not None: model.to(dtype)
+    if dtype is not None:  # as from_pretrained does: the fp32-kept modules stay fp32
+        model.to(dtype)
+        for name, p in model.named_parameters():
+            if any(k in name for k in cls._keep_in_fp32_modules or ()): p.data = p.data.float()
     return out
 
 # %% ../nbs/03_dit.ipynb #be07c060
@@ -503,29 +522,46 @@ def from_pretrained(cls: MochiDiT, pretrained_model_name_or_path, **kwargs) -> M
     if kwargs.get("low_cpu_mem_usage") is False and cls._keep_in_fp32_modules:
         # diffusers refuses low_cpu_mem_usage=False with fp32-kept modules; the loaded model is the same either way
         kwargs["low_cpu_mem_usage"] = True
-    model = super(MochiDiT, cls).from_pretrained(pretrained_model_name_or_path, **kwargs)
+    out = super(MochiDiT, cls).from_pretrained(pretrained_model_name_or_path, **kwargs)
+    model = out[0] if kwargs.get("output_loading_info") else out  # (model, info) when asked for
     if kwargs.get("device_map") is None:  # with a device map, accelerate may keep offloaded weights on meta
         missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if missing:
             raise ValueError(f"{root / kwargs.get('subfolder', '')}: weights missing from the checkpoint: "
                              f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    return model
+    return out
 
 # %% ../nbs/03_dit.ipynb #ea971bb9
+def _weight_files(folder: Path, variant: str | None) -> dict:
+    "The weight files of `variant` in `folder` (one file or shards, safetensors or bin, and indexes) -> (inode, mtime)."
+    v = re.escape(f".{variant}") if variant else ""
+    pattern = re.compile(rf"diffusion_pytorch_model({v}(-\d{{5}}-of-\d{{5}})?\.(safetensors|bin)|\.(safetensors|bin)\.index{v}\.json)")
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("diffusion_pytorch_model*") if pattern.fullmatch(p.name)}
+
 @patch
 def save_pretrained(self: MochiDiT, save_directory, is_main_process: bool = True, save_function=None,
                     safe_serialization: bool = True, variant: str | None = None, max_shard_size: int | str = "10GB",
-                    push_to_hub: bool = False, **kwargs):
-    """diffusers' `save_pretrained` (the same signature: a pipeline passes on what the signature names); afterwards a
-    shard index left by an earlier sharded save, whose shards this save removed, is removed too (diffusers leaves it,
-    and an index wins over the single file on load)."""
+                    push_to_hub: bool = False, use_flashpack: bool = False, **kwargs):
+    """diffusers' `save_pretrained`, with its signature (a pipeline passes on only what the signature names).
+    Afterwards the weight files of the same variant this save did not write are removed: diffusers leaves an old
+    shard index (which wins over a new single file on load) and the other format's file (safetensors wins over a
+    new .bin), so a reload would silently give the old weights."""
+    folder = Path(save_directory)
+    before = _weight_files(folder, variant) if folder.is_dir() else {}
     out = super(MochiDiT, self).save_pretrained(save_directory, is_main_process=is_main_process, save_function=save_function,
                                                safe_serialization=safe_serialization, variant=variant,
-                                               max_shard_size=max_shard_size, push_to_hub=push_to_hub, **kwargs)
-    for index in Path(save_directory).glob("diffusion_pytorch_model*.index*.json") if is_main_process else ():
-        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        if not all((index.parent / s).exists() for s in shards): index.unlink()
+                                               max_shard_size=max_shard_size, push_to_hub=push_to_hub,
+                                               use_flashpack=use_flashpack, **kwargs)
+    if is_main_process:
+        for path, stamp in _weight_files(folder, variant).items():
+            if before.get(path) == stamp: path.unlink()  # there before, not rewritten: stale
     return out
+
+@patch
+def to_json_string(self: MochiDiT) -> str:
+    "diffusers' config JSON naming `MochiTransformer3DModel`: the folder is that class's, so diffusers' `AutoModel` loads it."
+    config = json.loads(super(MochiDiT, self).to_json_string())
+    return json.dumps(config | {"_class_name": "MochiTransformer3DModel"}, indent=2, sort_keys=True) + "\n"
 
 # %% ../nbs/03_dit.ipynb #4c0b1803
 def _genmo_layout(num_layers: int) -> list:

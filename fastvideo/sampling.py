@@ -52,9 +52,11 @@ class Pipeline:
         return cls(transformer, enc.vae, enc.text_encoder, enc.tokenizer, enc.max_sequence_length, root)
 
     @property
-    def device(self): return self.transformer.device  # ModelMixin's: the first parameter may be a kept-fp32 one
+    def device(self): return next(self.transformer.parameters()).device
     @property
-    def dtype(self): return self.transformer.dtype
+    def dtype(self):
+        "The transformer's compute dtype: a diffusers model's `dtype` (its first parameter may be an fp32-kept one)."
+        return getattr(self.transformer, "dtype", None) or next(self.transformer.parameters()).dtype
 
 # %% ../nbs/06_sampling.ipynb #121eab00
 def read_prompts(prompt=None, prompt_path=None) -> list:

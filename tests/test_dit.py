@@ -73,7 +73,7 @@ def test_model_folder_with_transformer_subfolder(pair, tmp_path):
     index = json.loads((tmp_path / "model/transformer/diffusion_pytorch_model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     config = json.loads((tmp_path / "model/transformer/config.json").read_text())
-    assert config["_class_name"] == "MochiDiT" and "_diffusers_version" in config
+    assert config["_class_name"] == "MochiTransformer3DModel" and "_diffusers_version" in config  # diffusers' AutoModel reads it
     loaded = MochiDiT.from_pretrained(tmp_path / "model", torch_dtype=torch.bfloat16)
     assert loaded.dtype == torch.bfloat16 and loaded.dit_config == CFG
     for k, v in ref.state_dict().items():  # the RoPE frequencies stay fp32 (_keep_in_fp32_modules), the rest is bf16
