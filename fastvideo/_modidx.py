@@ -404,4 +404,5 @@ d = { 'settings': { 'branch': 'main',
                                  'fastvideo.train.make_lr_scheduler': ('train.html#make_lr_scheduler', 'fastvideo/train.py'),
                                  'fastvideo.train.make_optimizer': ('train.html#make_optimizer', 'fastvideo/train.py'),
                                  'fastvideo.train.optimizer_step': ('train.html#optimizer_step', 'fastvideo/train.py'),
-                                 'fastvideo.train.sample_sigmas': ('train.html#sample_sigmas', 'fastvideo/train.py')}}}
+                                 'fastvideo.train.sample_sigmas': ('train.html#sample_sigmas', 'fastvideo/train.py'),
+                                 'fastvideo.train.shard_model': ('train.html#shard_model', 'fastvideo/train.py')}}}

@@ -250,7 +250,7 @@ class MochiBlock(nn.Module):
         out_vis, out_txt = (out, None) if self.last else out
         x = gated_residual(x, out_vis, gate_attn, eps)
         x = gated_residual(x, self.ff(modulated(x, scale_ff, eps)), gate_ff, eps)
-        if self.last: return x, text
+        if self.last: return x, text.clone()  # not the input itself: under FSDP2 that is a view, which it warns about
         _, text_gate_attn, text_scale_ff, text_gate_ff = text_mod
         text = gated_residual(text, out_txt, text_gate_attn, eps)
         text = gated_residual(text, self.ff_context(modulated(text, text_scale_ff, eps)), text_gate_ff, eps)

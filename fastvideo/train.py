@@ -11,7 +11,7 @@ from .schedulers import add_noise, model_timestep, velocity_target
 
 # %% auto #0
 __all__ = ['WEIGHTING_SCHEMES', 'LR_SCHEDULERS', 'flow_matching_loss', 'sample_sigmas', 'make_optimizer', 'make_lr_scheduler',
-           'optimizer_step', 'EMA']
+           'optimizer_step', 'EMA', 'shard_model']
 
 # %% ../nbs/07_train.ipynb #377f7afe
 def flow_matching_loss(transformer: nn.Module, latents: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor,
@@ -100,3 +100,15 @@ class EMA:
         missing = sorted(set(self.shadow) - set(state["shadow"]))
         if missing: raise ValueError(f"EMA state: no averages for {missing[:5]}")
         for n, t in state["shadow"].items(): self.shadow[n].copy_(t)
+
+# %% ../nbs/07_train.ipynb #b9f9265e
+def shard_model(model: nn.Module, mesh=None, param_dtype: torch.dtype | None = None,
+                reduce_dtype: torch.dtype | None = torch.float32, reshard_after_forward: bool = True) -> nn.Module:
+    """FSDP2 over `mesh` (a 1-D DeviceMesh; default: every process): each transformer block, then the root.
+    `param_dtype`: the dtype blocks compute in (None: the stored one); `reduce_dtype`: gradient reduction's."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    for block in model.transformer_blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    return model
