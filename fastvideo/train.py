@@ -10,8 +10,9 @@ from diffusers.optimization import get_scheduler
 from .schedulers import add_noise, model_timestep, velocity_target
 
 # %% auto #0
-__all__ = ['WEIGHTING_SCHEMES', 'LR_SCHEDULERS', 'flow_matching_loss', 'sample_sigmas', 'make_optimizer', 'make_lr_scheduler',
-           'optimizer_step', 'EMA', 'shard_model']
+__all__ = ['WEIGHTING_SCHEMES', 'LR_SCHEDULERS', 'CHECKPOINT_MARKER', 'flow_matching_loss', 'sample_sigmas', 'make_optimizer',
+           'make_lr_scheduler', 'optimizer_step', 'EMA', 'shard_model', 'TrainConfig', 'checkpoint_folders',
+           'save_checkpoint', 'load_checkpoint', 'train']
 
 # %% ../nbs/07_train.ipynb #377f7afe
 def flow_matching_loss(transformer: nn.Module, latents: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor,
@@ -112,3 +113,174 @@ def shard_model(model: nn.Module, mesh=None, param_dtype: torch.dtype | None = N
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     return model
+
+# %% ../nbs/07_train.ipynb #bde7ff4e
+import json, shutil, time, warnings
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+from .data import BucketBatchSampler, LatentDataset, collate_latents
+
+# %% ../nbs/07_train.ipynb #652c80b5
+@dataclass
+class TrainConfig:
+    "The flags of `fastvideo train` (so far); names and defaults as FastVideo's and diffusers' training scripts."
+    data_json_path: str
+    output_dir: str
+    train_batch_size: int = 1
+    max_train_steps: int = 100
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.01
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    weighting_scheme: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    cfg: float = 0.1                      # caption dropout: the unconditional prompt's share
+    ema_decay: float = 0.0
+    ema_start_step: int = 0
+    selective_checkpointing: float = 0.0  # the DiT's checkpoint_ratio
+    seed: int = 42
+    checkpointing_steps: int = 0          # 0: no checkpoints
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
+
+    def __post_init__(self):
+        positive = ("train_batch_size", "max_train_steps", "gradient_accumulation_steps")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name)!r}: expected a positive integer")
+        if not 0 <= self.cfg <= 1: raise ValueError(f"--cfg {self.cfg}: the caption dropout rate must be in [0, 1]")
+        if not 0 <= self.selective_checkpointing <= 1:
+            raise ValueError(f"--selective_checkpointing {self.selective_checkpointing}: must be in [0, 1]")
+
+# %% ../nbs/07_train.ipynb #ac075fef
+def _noise_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    "The generator of one micro-batch's noise levels and noise: a function of where it is, not of what ran before."
+    return torch.Generator().manual_seed(int(np.random.default_rng([seed, step, micro, rank]).integers(2**62)))
+
+def _batches(sampler: BucketBatchSampler, start: int):
+    "Batch index lists from global position `start` on, epoch after epoch (each epoch reshuffled by its number)."
+    per_epoch = len(sampler)
+    if per_epoch == 0: raise ValueError("the data set yields no batch: fewer items than --train_batch_size in every shape bucket")
+    position = start
+    while True:
+        epoch, offset = divmod(position, per_epoch)
+        sampler.set_epoch(epoch)
+        for batch in list(sampler)[offset:]:
+            yield epoch, batch
+            position += 1
+
+# %% ../nbs/07_train.ipynb #efafdce6
+CHECKPOINT_MARKER = "COMPLETE"
+
+def checkpoint_folders(output_dir) -> list:
+    "Complete `checkpoint-STEP` folders of `output_dir`, oldest first."
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if (p / CHECKPOINT_MARKER).exists()
+             and p.name.removeprefix("checkpoint-").isdigit()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("checkpoint-")))
+
+@contextlib.contextmanager
+def _quiet_dcp():
+    "DCP warns that it saves/loads in one process when no process group is up: that is what we mean there."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+def _state(model, optimizer, lr_scheduler, ema) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer),
+             "lr_scheduler": lr_scheduler.state_dict()}
+    if ema is not None: state["ema"] = ema.shadow
+    return state
+
+def save_checkpoint(output_dir, step: int, model, optimizer, lr_scheduler, ema, meta: dict, limit: int | None = None) -> Path:
+    "Write `checkpoint-STEP` atomically (temporary folder, marker last, rename); keep the newest `limit`."
+    import torch.distributed.checkpoint as dcp
+    final = Path(output_dir) / f"checkpoint-{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists(): shutil.rmtree(tmp)  # a save that was killed: never complete, never loaded
+    with _quiet_dcp(): dcp.save(_state(model, optimizer, lr_scheduler, ema), checkpoint_id=str(tmp))
+    (tmp / "meta.json").write_text(json.dumps(meta | {"step": step}, indent=2) + "\n")
+    (tmp / CHECKPOINT_MARKER).write_text("")
+    if final.exists(): shutil.rmtree(final)
+    tmp.rename(final)
+    if limit:
+        for old in checkpoint_folders(output_dir)[:-limit]: shutil.rmtree(old)
+    return final
+
+def load_checkpoint(folder, model, optimizer, lr_scheduler, ema) -> dict:
+    "Restore what `save_checkpoint` wrote into the given objects; returns its meta (step, ...)."
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    folder = Path(folder)
+    if not (folder / CHECKPOINT_MARKER).exists(): raise ValueError(f"{folder}: not a complete checkpoint (no {CHECKPOINT_MARKER} marker)")
+    state = _state(model, optimizer, lr_scheduler, ema)
+    saved = set(dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
+    wanted = [f"model.{k}" for k in state["model"]] + ([f"ema.{k}" for k in state["ema"]] if "ema" in state else [])
+    missing = [k for k in wanted if k not in saved]
+    if missing: raise ValueError(f"{folder}: the checkpoint lacks {missing[:5]} (another model, or EMA off when it was saved)")
+    # the optimizer may lack entries: parameters that never had a gradient (the last block's text queries) have no
+    # AdamW state in a run, while a fresh optimizer's state dict lists them all
+    with _quiet_dcp(): dcp.load(state, checkpoint_id=str(folder), planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+    set_model_state_dict(model, state["model"]); set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    return json.loads((folder / "meta.json").read_text())
+
+# %% ../nbs/07_train.ipynb #2d19a85f
+_RESUME_FIELDS = ("data_json_path", "train_batch_size", "gradient_accumulation_steps", "seed", "cfg", "weighting_scheme")
+
+def train(config: TrainConfig, model: nn.Module, progress: bool = True) -> list:
+    "Train `model` as `config` says; returns the per-step metrics (also in `output_dir/metrics.jsonl`)."
+    from tqdm.auto import tqdm
+    out = Path(config.output_dir); out.mkdir(parents=True, exist_ok=True)
+    if checkpoint_folders(out) and not config.resume_from_checkpoint:
+        raise ValueError(f"{out}: holds checkpoints of an earlier run; pass --resume_from_checkpoint latest to continue "
+                         "it, or choose another --output_dir (nothing is overwritten)")
+    model.checkpoint_ratio = config.selective_checkpointing
+    dataset = LatentDataset(config.data_json_path, text_dropout=config.cfg, seed=config.seed)
+    sampler = BucketBatchSampler(dataset.latent_shapes, config.train_batch_size, shuffle=True, seed=config.seed)
+    optimizer = make_optimizer(model, config.learning_rate, (config.adam_beta1, config.adam_beta2), config.weight_decay)
+    lr_scheduler = make_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps, config.max_train_steps)
+    ema = EMA(model, config.ema_decay, config.ema_start_step) if config.ema_decay > 0 else None
+    meta = {k: getattr(config, k) for k in _RESUME_FIELDS} | {"model": dict(model.config)}
+    step = 0
+    if config.resume_from_checkpoint:
+        folder = (checkpoint_folders(out) or [None])[-1] if config.resume_from_checkpoint == "latest" else Path(config.resume_from_checkpoint)
+        if folder is not None:
+            saved = json.loads((Path(folder) / "meta.json").read_text())
+            for k, v in meta.items():
+                if json.loads(json.dumps(saved.get(k))) != json.loads(json.dumps(v, default=str)):
+                    raise ValueError(f"--resume_from_checkpoint {folder}: it was written with {k}={saved.get(k)!r}, "
+                                     f"this run has {k}={v!r}; resume with the same settings")
+            step = load_checkpoint(folder, model, optimizer, lr_scheduler, ema)["step"]
+    metrics, batches = [], _batches(sampler, step * config.gradient_accumulation_steps)
+    model.train()
+    with open(out / "metrics.jsonl", "a") as log, tqdm(total=config.max_train_steps, initial=step, disable=not progress,
+                                                        desc="train", unit="step") as bar:
+        while step < config.max_train_steps:
+            start, total = time.perf_counter(), 0.0
+            for micro in range(config.gradient_accumulation_steps):
+                epoch, indices = next(batches)
+                dataset.set_epoch(epoch)
+                batch = collate_latents([dataset[i] for i in indices])
+                g = _noise_generator(config.seed, step, micro, 0)
+                sigmas = sample_sigmas(len(indices), config.weighting_scheme, config.logit_mean, config.logit_std, g)
+                noise = torch.randn(batch["latents"].shape, generator=g)
+                loss = flow_matching_loss(model, batch["latents"], batch["prompt_embeds"], batch["prompt_attention_mask"],
+                                          sigmas, noise) / config.gradient_accumulation_steps
+                loss.backward(); total += loss.item()
+            lr = lr_scheduler.get_last_lr()[0]
+            grad_norm = optimizer_step(model, optimizer, lr_scheduler, config.max_grad_norm)
+            step += 1
+            if ema is not None: ema.update(model, step - 1)
+            record = {"step": step, "loss": total, "grad_norm": grad_norm, "lr": lr, "s_per_step": time.perf_counter() - start}
+            metrics.append(record); log.write(json.dumps(record) + "\n"); log.flush()
+            bar.update(1); bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
+            if config.checkpointing_steps and (step % config.checkpointing_steps == 0 or step == config.max_train_steps):
+                save_checkpoint(out, step, model, optimizer, lr_scheduler, ema, meta, config.checkpoints_total_limit)
+    return metrics
