@@ -12,6 +12,7 @@ from . import media, toy
 from .data import add_preprocess
 from .launch import add_launch
 from .sampling import add_sample, settings_differences
+from .train import add_train
 
 # %% auto #0
 __all__ = ['DEMO_PROMPTS', 'SUBCOMMANDS', 'RESUME_HINTS', 'add_toy_data', 'demo', 'add_demo', 'parser', 'main']
@@ -104,7 +105,7 @@ def add_demo(sub):
     p.set_defaults(func=lambda a: demo(a.output_dir, a.n_videos, a.n_images, a.seed, a.sample_steps, a.overwrite))
 
 # %% ../nbs/11_cli.ipynb #452f94b1
-SUBCOMMANDS = [add_toy_data, add_preprocess, add_sample, add_launch, add_demo]
+SUBCOMMANDS = [add_toy_data, add_preprocess, add_train, add_sample, add_launch, add_demo]
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastvideo", description="Post-training kit for video diffusion models.")

@@ -12,7 +12,8 @@ from .schedulers import add_noise, model_timestep, velocity_target
 # %% auto #0
 __all__ = ['WEIGHTING_SCHEMES', 'LR_SCHEDULERS', 'CHECKPOINT_MARKER', 'flow_matching_loss', 'sample_sigmas', 'make_optimizer',
            'make_lr_scheduler', 'optimizer_step', 'EMA', 'shard_model', 'TrainConfig', 'checkpoint_folders',
-           'save_checkpoint', 'load_checkpoint', 'train']
+           'save_checkpoint', 'load_checkpoint', 'check_dataset', 'export_model_folder', 'plot_losses', 'add_train',
+           'train']
 
 # %% ../nbs/07_train.ipynb #377f7afe
 def flow_matching_loss(transformer: nn.Module, latents: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor,
@@ -231,11 +232,75 @@ def load_checkpoint(folder, model, optimizer, lr_scheduler, ema) -> dict:
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     return json.loads((folder / "meta.json").read_text())
 
+# %% ../nbs/07_train.ipynb #b01fbefe
+_ITEM_KEYS = ("latent_path", "prompt_embed_path", "prompt_attention_mask", "latent_shape")
+
+def check_dataset(dataset: LatentDataset, model: nn.Module):
+    "Errors naming the json file, the item and the field, before training starts."
+    where = dataset.json_path
+    for i, item in enumerate(dataset.items):
+        missing = [k for k in _ITEM_KEYS if k not in item]
+        if missing: raise ValueError(f"{where}: item {i} has no {', '.join(missing)} (preprocessing writes them)")
+        channels = item["latent_shape"][0]
+        if channels != model.config.in_channels:
+            raise ValueError(f"{where}: item {i} ({item['latent_path']}) has {channels} latent channels; the model "
+                             f"takes {model.config.in_channels} (in_channels): latents of another VAE?")
+    embeds = torch.load(dataset.root / dataset.items[0]["prompt_embed_path"]) if dataset.items else None
+    if embeds is not None and embeds.shape[-1] != model.config.text_embed_dim:
+        raise ValueError(f"{where}: caption embeddings of width {embeds.shape[-1]}; the model reads "
+                         f"{model.config.text_embed_dim} (text_embed_dim): embeddings of another text encoder?")
+
+def export_model_folder(model: nn.Module, model_path, folder, ema: EMA | None = None) -> Path:
+    "A complete diffusers folder: `model` (EMA weights if given) as transformer/, the other parts of `model_path`."
+    from fastvideo.models import resolve_model_path
+    source, folder = resolve_model_path(model_path), Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists(): shutil.rmtree(tmp)
+    for part in ("vae", "text_encoder", "tokenizer", "scheduler"): shutil.copytree(source / part, tmp / part)
+    shutil.copy(source / "model_index.json", tmp / "model_index.json")
+    with (ema.applied(model) if ema is not None else contextlib.nullcontext()):
+        model.save_pretrained(tmp / "transformer")
+    if folder.exists(): shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+def plot_losses(metrics: list, path) -> Path:
+    "The loss curve (and its running mean) of a run's metrics, as a png."
+    import matplotlib; matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    steps, losses = [m["step"] for m in metrics], [m["loss"] for m in metrics]
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
+    k = max(1, len(losses) // 20)
+    ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
+    ax.set_xlabel("step"); ax.legend(); fig.tight_layout(); fig.savefig(path); plt.close(fig)
+    return Path(path)
+
+# %% ../nbs/07_train.ipynb #6de18c2d
+def add_train(sub):
+    "The `fastvideo train` subcommand: every `TrainConfig` field as a flag of its name."
+    from dataclasses import MISSING, fields
+    p = sub.add_parser("train", help="fine-tune the DiT on preprocessed latents")
+    p.add_argument("--model_path", default="toy", help="diffusers-format Mochi folder, or 'toy'")
+    for f in fields(TrainConfig):
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0].split("|")[0].strip(), str)
+        required = f.default is MISSING
+        p.add_argument(f"--{f.name}", type=kind, required=required, default=None if required else f.default)
+    def run(a):
+        from fastvideo.dit import MochiDiT
+        from fastvideo.models import resolve_model_path
+        config = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
+        model = MochiDiT.from_pretrained(resolve_model_path(a.model_path, ("transformer",)), subfolder="transformer")
+        train(config, model, model_path=a.model_path)
+        print(f"trained {config.max_train_steps} steps; the model is in {Path(config.output_dir) / 'final'}")
+    p.set_defaults(func=run)
+
 # %% ../nbs/07_train.ipynb #2d19a85f
 _RESUME_FIELDS = ("data_json_path", "train_batch_size", "gradient_accumulation_steps", "seed", "cfg", "weighting_scheme")
 
-def train(config: TrainConfig, model: nn.Module, progress: bool = True) -> list:
-    "Train `model` as `config` says; returns the per-step metrics (also in `output_dir/metrics.jsonl`)."
+def train(config: TrainConfig, model: nn.Module, progress: bool = True, model_path=None) -> list:
+    """Train `model` as `config` says; returns the per-step metrics (also in `output_dir/metrics.jsonl`). With
+    `model_path` (the folder the model came from), `output_dir/final/` is a complete model folder at the end."""
     from tqdm.auto import tqdm
     out = Path(config.output_dir); out.mkdir(parents=True, exist_ok=True)
     if checkpoint_folders(out) and not config.resume_from_checkpoint:
@@ -243,11 +308,12 @@ def train(config: TrainConfig, model: nn.Module, progress: bool = True) -> list:
                          "it, or choose another --output_dir (nothing is overwritten)")
     model.checkpoint_ratio = config.selective_checkpointing
     dataset = LatentDataset(config.data_json_path, text_dropout=config.cfg, seed=config.seed)
+    check_dataset(dataset, model)
     sampler = BucketBatchSampler(dataset.latent_shapes, config.train_batch_size, shuffle=True, seed=config.seed)
     optimizer = make_optimizer(model, config.learning_rate, (config.adam_beta1, config.adam_beta2), config.weight_decay)
     lr_scheduler = make_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps, config.max_train_steps)
     ema = EMA(model, config.ema_decay, config.ema_start_step) if config.ema_decay > 0 else None
-    meta = {k: getattr(config, k) for k in _RESUME_FIELDS} | {"model": dict(model.config)}
+    meta = {k: getattr(config, k) for k in _RESUME_FIELDS} | {"model": {k: v for k, v in model.config.items() if not k.startswith("_")}}
     step = 0
     if config.resume_from_checkpoint:
         folder = (checkpoint_folders(out) or [None])[-1] if config.resume_from_checkpoint == "latest" else Path(config.resume_from_checkpoint)
@@ -283,4 +349,8 @@ def train(config: TrainConfig, model: nn.Module, progress: bool = True) -> list:
             bar.update(1); bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
             if config.checkpointing_steps and (step % config.checkpointing_steps == 0 or step == config.max_train_steps):
                 save_checkpoint(out, step, model, optimizer, lr_scheduler, ema, meta, config.checkpoints_total_limit)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    latest = {m["step"]: m for m in logged}  # a resumed run logs the steps after its checkpoint again: keep the last
+    plot_losses([latest[s] for s in sorted(latest)], out / "loss.png")
+    if model_path is not None: export_model_folder(model, model_path, out / "final", ema)
     return metrics

@@ -15,3 +15,84 @@ def test_fsdp2_on_two_processes_equals_one():
         assert r["local_rows"] * 2 == r["full_rows"], r  # each rank stores half of every weight
         assert r["grad_rel"] <= 1e-5 and r["weight_rel"] <= 1e-5, r
         assert r["excluded"] < 100, r  # only the exactly-zero gradients (the pooler's key bias) are left out
+
+
+# ---- a real kill: `fastvideo train` SIGKILLed mid-run, then resumed, equals the uninterrupted run ----
+import os, signal, subprocess, sys, time
+import torch
+from safetensors.torch import load_file
+
+
+def tiny_dataset(root: Path, n: int = 8) -> Path:
+    "Preprocessing's layout for the toy model (12 latent channels, 32-wide captions of 16 tokens): videos and images."
+    root.mkdir(parents=True, exist_ok=True)
+    g, items = torch.Generator().manual_seed(3), []
+    for i in range(n):
+        frames = 2 if i % 4 else 1
+        posterior = torch.stack([torch.randn(12, frames, 4, 4, generator=g), 0.1 * torch.rand(12, frames, 4, 4, generator=g)])
+        torch.save(posterior, root / f"latent_{i}.pt")
+        torch.save(torch.randn(16, 32, generator=g), root / f"embed_{i}.pt")
+        torch.save(torch.arange(16) < 4 + i, root / f"mask_{i}.pt")
+        items.append({"latent_path": f"latent_{i}.pt", "prompt_embed_path": f"embed_{i}.pt",
+                      "prompt_attention_mask": f"mask_{i}.pt", "latent_shape": [12, frames, 4, 4], "caption": f"item {i}"})
+    (root / "data.json").write_text(json.dumps(items))
+    return root / "data.json"
+
+
+def train_cmd(data, out, *extra):
+    return [sys.executable, "-m", "fastvideo.cli", "train", "--data_json_path", str(data), "--output_dir", str(out),
+            "--max_train_steps", "60", "--checkpointing_steps", "4", "--train_batch_size", "2", "--learning_rate", "1e-3",
+            "--gradient_accumulation_steps", "2", "--ema_decay", "0.9", "--cfg", "0.2", *extra]
+
+
+def losses(out):  # the last logged loss of each step (a resumed run logs the steps after its checkpoint again)
+    logged = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    return {m["step"]: m["loss"] for m in logged}
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    data = tiny_dataset(tmp_path / "data")
+    done = subprocess.run(train_cmd(data, tmp_path / "full"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    proc = subprocess.Popen(train_cmd(data, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (tmp_path / "killed" / "checkpoint-8" / "COMPLETE").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert not (tmp_path / "killed" / "final").exists()  # killed mid-run, not after it
+    again = subprocess.run(train_cmd(data, tmp_path / "killed", "--resume_from_checkpoint", "latest"), env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert losses(tmp_path / "killed") == losses(tmp_path / "full")  # every step's loss, bit for bit
+    a = load_file(tmp_path / "full" / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "killed" / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_input_is_named(tmp_path, capsys):
+    from fastvideo.cli import main
+    data = tiny_dataset(tmp_path / "data", n=2)
+    def run(*extra, data=data, out=tmp_path / "out"):  # in this process: `fastvideo train ...` as the console script runs it
+        try: main(train_cmd(data, out, *extra)[3:])
+        except SystemExit as e: return e.code, capsys.readouterr().err
+        return 0, capsys.readouterr().err
+    code, err = run("--train_batch_size", "0")
+    assert code == 2 and "--train_batch_size 0: expected a positive integer" in err, err
+    items = json.loads(data.read_text()); del items[1]["latent_path"]
+    (tmp_path / "data" / "broken.json").write_text(json.dumps(items))
+    code, err = run(data=tmp_path / "data" / "broken.json")
+    assert code == 2 and "broken.json: item 1 has no latent_path" in err, err
+    items = json.loads(data.read_text()); items[0]["latent_shape"][0] = 16
+    (tmp_path / "data" / "channels.json").write_text(json.dumps(items))
+    code, err = run(data=tmp_path / "data" / "channels.json")
+    assert code == 2 and "has 16 latent channels; the model takes 12" in err, err
+    code, err = run("--max_train_steps", "4")
+    assert code == 0, err
+    (tmp_path / "out" / "checkpoint-6.tmp").mkdir()  # a save killed half-way: never counted as a checkpoint
+    code, err = run("--max_train_steps", "4")
+    assert code == 2 and "holds checkpoints of an earlier run" in err, err
+    code, err = run("--max_train_steps", "6", "--resume_from_checkpoint", "latest")  # resumes from checkpoint-4
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
