@@ -91,7 +91,8 @@ class _NormRope(torch.autograd.Function):
         if dtype == torch.float32 and not compiling: torch.mul(_complex((xf * r).mul_(w)), rotation, out=_complex(out[:, :N]))
         else: out[:, :N] = torch.view_as_real(_complex((xf * r).mul_(w)) * rotation).flatten(-2)
         saved = [xf, r, w, rotation, out]
-        if L:
+        if x_txt is not None:  # an empty caption stream too: its norm weight gets a (zero) gradient, as on
+            # the ranks whose captions are not empty (FSDP reduces the same gradients everywhere)
             tf = f32(x_txt)
             rt = _inv_rms(tf, eps)
             if compiling: out[:, N:] = (tf * rt) * w_txt

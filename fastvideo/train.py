@@ -5,7 +5,7 @@
 # %% ../nbs/07_train.ipynb #9aa529cd
 from __future__ import annotations
 import contextlib
-import torch, torch.nn as nn
+import torch, torch.distributed as dist, torch.nn as nn
 from diffusers.optimization import get_scheduler
 from .schedulers import add_noise, model_timestep, velocity_target
 
@@ -18,9 +18,11 @@ __all__ = ['WEIGHTING_SCHEMES', 'LR_SCHEDULERS', 'CHECKPOINT_MARKER', 'flow_matc
 # %% ../nbs/07_train.ipynb #377f7afe
 def flow_matching_loss(transformer: nn.Module, latents: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor,
                        sigmas: torch.Tensor, noise: torch.Tensor, frame_weights: torch.Tensor | None = None,
-                       **forward_kwargs) -> torch.Tensor:
+                       denominator: torch.Tensor | None = None, **forward_kwargs) -> torch.Tensor:
     """Mean squared error of the DiT's velocity at `x_sigma` against `x0 - noise`, in fp32; latents and noise
-    [B, C, T, H, W], one sigma per sample; `frame_weights` [B, T] weigh the latent frames (None: all 1)."""
+    [B, C, T, H, W], one sigma per sample; `frame_weights` [B, T] weigh the latent frames (None: all 1);
+    `denominator`: what the weighted sum is divided by (default: the weighted element count here; under sequence
+    parallelism the whole sample's, so that the shares of an SP group add up to its loss)."""
     x_sigma = add_noise(latents.float(), noise.float(), sigmas.float())
     dtype = next(p.dtype for p in transformer.parameters() if p.is_floating_point())
     pred = transformer(hidden_states=x_sigma.to(dtype), encoder_hidden_states=embeds.to(dtype),
@@ -32,7 +34,7 @@ def flow_matching_loss(transformer: nn.Module, latents: torch.Tensor, embeds: to
     if tuple(frame_weights.shape) != (B, T):
         raise ValueError(f"frame_weights: expected shape {(B, T)} (batch, latent frames), got {tuple(frame_weights.shape)}")
     w = frame_weights.to(err)[:, None, :, None, None]
-    return (err * w).sum() / (w.sum() * C * H * W).clamp(min=1)
+    return (err * w).sum() / (denominator if denominator is not None else (w.sum() * C * H * W).clamp(min=1))
 
 # %% ../nbs/07_train.ipynb #b135c255
 WEIGHTING_SCHEMES = ("uniform", "logit_normal")
@@ -121,6 +123,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from .data import BucketBatchSampler, LatentDataset, collate_latents
+from .distributed import destroy_distributed, init_distributed, shard
 
 # %% ../nbs/07_train.ipynb #652c80b5
 @dataclass
@@ -146,12 +149,13 @@ class TrainConfig:
     ema_start_step: int = 0
     selective_checkpointing: float = 0.0  # the DiT's checkpoint_ratio
     seed: int = 42
+    sp_size: int = 1                      # processes sharing one sample (its latent frames), under torchrun
     checkpointing_steps: int = 0          # 0: no checkpoints
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
 
     def __post_init__(self):
-        positive = ("train_batch_size", "max_train_steps", "gradient_accumulation_steps")
+        positive = ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "sp_size")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"--{name} {getattr(self, name)!r}: expected a positive integer")
@@ -199,19 +203,28 @@ def _state(model, optimizer, lr_scheduler, ema) -> dict:
     if ema is not None: state["ema"] = ema.shadow
     return state
 
+def _barrier():
+    if dist.is_initialized(): dist.barrier()
+
 def save_checkpoint(output_dir, step: int, model, optimizer, lr_scheduler, ema, meta: dict, limit: int | None = None) -> Path:
-    "Write `checkpoint-STEP` atomically (temporary folder, marker last, rename); keep the newest `limit`."
+    """Write `checkpoint-STEP` atomically (temporary folder, marker last, rename); keep the newest `limit`. Under
+    torchrun every rank calls it (the save is collective: each writes its shards); rank 0 finishes the folder."""
     import torch.distributed.checkpoint as dcp
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists(): shutil.rmtree(tmp)  # a save that was killed: never complete, never loaded
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    if main and tmp.exists(): shutil.rmtree(tmp)  # a save that was killed: never complete, never loaded
+    _barrier()
     with _quiet_dcp(): dcp.save(_state(model, optimizer, lr_scheduler, ema), checkpoint_id=str(tmp))
-    (tmp / "meta.json").write_text(json.dumps(meta | {"step": step}, indent=2) + "\n")
-    (tmp / CHECKPOINT_MARKER).write_text("")
-    if final.exists(): shutil.rmtree(final)
-    tmp.rename(final)
-    if limit:
-        for old in checkpoint_folders(output_dir)[:-limit]: shutil.rmtree(old)
+    _barrier()
+    if main:
+        (tmp / "meta.json").write_text(json.dumps(meta | {"step": step}, indent=2) + "\n")
+        (tmp / CHECKPOINT_MARKER).write_text("")
+        if final.exists(): shutil.rmtree(final)
+        tmp.rename(final)
+        if limit:
+            for old in checkpoint_folders(output_dir)[:-limit]: shutil.rmtree(old)
+    _barrier()
     return final
 
 def load_checkpoint(folder, model, optimizer, lr_scheduler, ema) -> dict:
@@ -252,14 +265,19 @@ def check_dataset(dataset: LatentDataset, model: nn.Module):
 
 def export_model_folder(model: nn.Module, model_path, folder, ema: EMA | None = None) -> Path:
     "A complete diffusers folder: `model` (EMA weights if given) as transformer/, the other parts of `model_path`."
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from fastvideo.models import resolve_model_path
     source, folder = resolve_model_path(model_path), Path(folder)
+    with (ema.applied(model) if ema is not None else contextlib.nullcontext()):  # collective when sharded: every rank
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.is_initialized() and dist.get_rank() != 0: return folder
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists(): shutil.rmtree(tmp)
     for part in ("vae", "text_encoder", "tokenizer", "scheduler"): shutil.copytree(source / part, tmp / part)
     shutil.copy(source / "model_index.json", tmp / "model_index.json")
-    with (ema.applied(model) if ema is not None else contextlib.nullcontext()):
-        model.save_pretrained(tmp / "transformer")
+    plain = type(model).from_config(model.config, device="meta")  # unsharded, then the gathered weights assigned
+    plain.load_state_dict(full, assign=True)
+    plain.save_pretrained(tmp / "transformer")
     if folder.exists(): shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
@@ -296,24 +314,46 @@ def add_train(sub):
     p.set_defaults(func=run)
 
 # %% ../nbs/07_train.ipynb #2d19a85f
-_RESUME_FIELDS = ("data_json_path", "train_batch_size", "gradient_accumulation_steps", "seed", "cfg", "weighting_scheme")
+_RESUME_FIELDS = ("data_json_path", "train_batch_size", "gradient_accumulation_steps", "seed", "cfg", "weighting_scheme",
+                  "sp_size")  # and the model's config and the number of SP groups: a resume must continue the same run
+
+def _sp_frame_weights(batch: int, frames: int, device) -> torch.Tensor:
+    "This rank's latent frames under SP: 1 for real frames, 0 for the padding `shard` adds."
+    return shard(torch.ones(batch, frames, device=device), 1)
 
 def train(config: TrainConfig, model: nn.Module, progress: bool = True, model_path=None) -> list:
     """Train `model` as `config` says; returns the per-step metrics (also in `output_dir/metrics.jsonl`). With
-    `model_path` (the folder the model came from), `output_dir/final/` is a complete model folder at the end."""
+    `model_path` (the folder the model came from), `output_dir/final/` is a complete model folder at the end.
+    Under torchrun: FSDP2 over every process; `sp_size` processes share each sample (its latent frames sharded);
+    each global batch (`train_batch_size` x the number of SP groups, one latent shape) is split over the SP groups,
+    and its noise levels and noise are drawn for the whole global batch, so a run's numbers do not depend on how
+    many processes share it (up to the order of float sums)."""
     from tqdm.auto import tqdm
-    out = Path(config.output_dir); out.mkdir(parents=True, exist_ok=True)
+    state = init_distributed(config.sp_size)
+    try:
+        return _train(config, model, progress, model_path, state, tqdm)
+    finally:
+        destroy_distributed()
+
+def _train(config, model, progress, model_path, state, tqdm):
+    out, main = Path(config.output_dir), state.rank == 0
     if checkpoint_folders(out) and not config.resume_from_checkpoint:
         raise ValueError(f"{out}: holds checkpoints of an earlier run; pass --resume_from_checkpoint latest to continue "
                          "it, or choose another --output_dir (nothing is overwritten)")
+    _barrier()  # every rank has looked before rank 0 writes anything
+    if main: out.mkdir(parents=True, exist_ok=True)
     model.checkpoint_ratio = config.selective_checkpointing
     dataset = LatentDataset(config.data_json_path, text_dropout=config.cfg, seed=config.seed)
     check_dataset(dataset, model)
-    sampler = BucketBatchSampler(dataset.latent_shapes, config.train_batch_size, shuffle=True, seed=config.seed)
+    if state.world_size > 1: shard_model(model)
+    per_group, groups = config.train_batch_size, state.dp_size
+    sampler = BucketBatchSampler(dataset.latent_shapes, per_group * groups, shuffle=True, seed=config.seed,
+                                 drop_last=groups > 1)  # every SP group gets a full share of each global batch
     optimizer = make_optimizer(model, config.learning_rate, (config.adam_beta1, config.adam_beta2), config.weight_decay)
     lr_scheduler = make_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps, config.max_train_steps)
     ema = EMA(model, config.ema_decay, config.ema_start_step) if config.ema_decay > 0 else None
-    meta = {k: getattr(config, k) for k in _RESUME_FIELDS} | {"model": {k: v for k, v in model.config.items() if not k.startswith("_")}}
+    meta = {k: getattr(config, k) for k in _RESUME_FIELDS} | {"model": {k: v for k, v in model.config.items() if not k.startswith("_")},
+                                                           "sp_groups": groups}  # the global batch is per-group x groups
     step = 0
     if config.resume_from_checkpoint:
         folder = (checkpoint_folders(out) or [None])[-1] if config.resume_from_checkpoint == "latest" else Path(config.resume_from_checkpoint)
@@ -325,32 +365,52 @@ def train(config: TrainConfig, model: nn.Module, progress: bool = True, model_pa
                                      f"this run has {k}={v!r}; resume with the same settings")
             step = load_checkpoint(folder, model, optimizer, lr_scheduler, ema)["step"]
     metrics, batches = [], _batches(sampler, step * config.gradient_accumulation_steps)
+    mine = slice(state.dp_rank * per_group, (state.dp_rank + 1) * per_group)
     model.train()
-    with open(out / "metrics.jsonl", "a") as log, tqdm(total=config.max_train_steps, initial=step, disable=not progress,
-                                                        desc="train", unit="step") as bar:
+    log = open(out / "metrics.jsonl", "a") if main else None
+    bar = tqdm(total=config.max_train_steps, initial=step, disable=not (progress and main), desc="train", unit="step")
+    try:
         while step < config.max_train_steps:
-            start, total = time.perf_counter(), 0.0
+            start, total = time.perf_counter(), torch.zeros(())
             for micro in range(config.gradient_accumulation_steps):
                 epoch, indices = next(batches)
                 dataset.set_epoch(epoch)
-                batch = collate_latents([dataset[i] for i in indices])
-                g = _noise_generator(config.seed, step, micro, 0)
-                sigmas = sample_sigmas(len(indices), config.weighting_scheme, config.logit_mean, config.logit_std, g)
-                noise = torch.randn(batch["latents"].shape, generator=g)
-                loss = flow_matching_loss(model, batch["latents"], batch["prompt_embeds"], batch["prompt_attention_mask"],
-                                          sigmas, noise) / config.gradient_accumulation_steps
-                loss.backward(); total += loss.item()
+                g = _noise_generator(config.seed, step, micro, 0)  # the global batch's draws, the same on every rank
+                shape = dataset.latent_shapes[indices[0]]
+                sigmas = sample_sigmas(len(indices), config.weighting_scheme, config.logit_mean, config.logit_std, g)[mine]
+                noise = torch.randn((len(indices), *shape), generator=g)[mine]
+                batch = collate_latents([dataset[i] for i in indices[mine]])
+                latents, frames = batch["latents"], shape[1]
+                kwargs, weights, denominator = {}, None, None
+                if state.sp_size > 1:  # this rank's frames of each sample; the loss is its share of the sample's mean
+                    latents, noise = shard(latents, 2), shard(noise, 2)
+                    weights, kwargs = _sp_frame_weights(len(latents), frames, latents.device), {"num_frames": frames}
+                    denominator = torch.tensor(float(len(latents) * frames * shape[0] * shape[2] * shape[3]))
+                loss = flow_matching_loss(model, latents, batch["prompt_embeds"], batch["prompt_attention_mask"], sigmas,
+                                          noise, frame_weights=weights, denominator=denominator, **kwargs)
+                # FSDP averages gradients over all processes; an SP group's shares sum to its samples' loss
+                (loss * state.sp_size / config.gradient_accumulation_steps).backward()
+                total = total + loss.detach() / config.gradient_accumulation_steps
+            if state.world_size > 1:  # the logged loss: the global batch's mean, whoever computed which part
+                dist.all_reduce(total); total = total * state.sp_size / state.world_size
             lr = lr_scheduler.get_last_lr()[0]
             grad_norm = optimizer_step(model, optimizer, lr_scheduler, config.max_grad_norm)
             step += 1
             if ema is not None: ema.update(model, step - 1)
-            record = {"step": step, "loss": total, "grad_norm": grad_norm, "lr": lr, "s_per_step": time.perf_counter() - start}
-            metrics.append(record); log.write(json.dumps(record) + "\n"); log.flush()
-            bar.update(1); bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.2e}")
+            record = {"step": step, "loss": total.item(), "grad_norm": grad_norm, "lr": lr,
+                      "s_per_step": time.perf_counter() - start}
+            metrics.append(record)
+            if main: log.write(json.dumps(record) + "\n"); log.flush()
+            bar.update(1); bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
             if config.checkpointing_steps and (step % config.checkpointing_steps == 0 or step == config.max_train_steps):
                 save_checkpoint(out, step, model, optimizer, lr_scheduler, ema, meta, config.checkpoints_total_limit)
-    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    latest = {m["step"]: m for m in logged}  # a resumed run logs the steps after its checkpoint again: keep the last
-    plot_losses([latest[s] for s in sorted(latest)], out / "loss.png")
+    finally:
+        bar.close()
+        if log is not None: log.close()
+    if main:
+        logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        latest = {m["step"]: m for m in logged}  # a resumed run logs the steps after its checkpoint again: keep the last
+        plot_losses([latest[s] for s in sorted(latest)], out / "loss.png")
     if model_path is not None: export_model_folder(model, model_path, out / "final", ema)
     return metrics
+
