@@ -4,16 +4,16 @@
 
 # %% ../nbs/07_train.ipynb #9aa529cd
 from __future__ import annotations
-import contextlib
+import contextlib, os
 import torch, torch.distributed as dist, torch.nn as nn
 from diffusers.optimization import get_scheduler
 from .schedulers import add_noise, model_timestep, velocity_target
 
 # %% auto #0
-__all__ = ['WEIGHTING_SCHEMES', 'LR_SCHEDULERS', 'CHECKPOINT_MARKER', 'flow_matching_loss', 'sample_sigmas', 'make_optimizer',
-           'make_lr_scheduler', 'optimizer_step', 'EMA', 'shard_model', 'TrainConfig', 'checkpoint_folders',
-           'save_checkpoint', 'load_checkpoint', 'check_dataset', 'export_model_folder', 'plot_losses', 'add_train',
-           'train']
+__all__ = ['WEIGHTING_SCHEMES', 'LR_SCHEDULERS', 'FSDP_SHARDING', 'CHECKPOINT_MARKER', 'flow_matching_loss', 'sample_sigmas',
+           'make_optimizer', 'make_lr_scheduler', 'optimizer_step', 'EMA', 'sharding_mesh', 'shard_model',
+           'TrainConfig', 'checkpoint_folders', 'save_checkpoint', 'load_checkpoint', 'check_dataset',
+           'export_model_folder', 'plot_losses', 'add_train', 'train']
 
 # %% ../nbs/07_train.ipynb #377f7afe
 def flow_matching_loss(transformer: nn.Module, latents: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor,
@@ -106,10 +106,20 @@ class EMA:
         for n, t in state["shadow"].items(): self.shadow[n].copy_(t)
 
 # %% ../nbs/07_train.ipynb #b9f9265e
+def sharding_mesh(sharding: str = "full"):
+    """The DeviceMesh FSDP2 shards over: `full` every process (1-D); `hybrid` the processes of a node, replicated
+    across nodes (2-D, HSDP); `none` no sharding, every process a replica (2-D with shards of one: DDP's layout)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    world, device = dist.get_world_size(), "cuda" if torch.cuda.is_available() else "cpu"
+    if sharding == "full": return init_device_mesh(device, (world,))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world)) if sharding == "hybrid" else 1
+    if world % per_node: raise ValueError(f"--fsdp_sharding hybrid: {world} processes are not whole nodes of {per_node}")
+    return init_device_mesh(device, (world // per_node, per_node), mesh_dim_names=("replicate", "shard"))
+
 def shard_model(model: nn.Module, mesh=None, param_dtype: torch.dtype | None = None,
                 reduce_dtype: torch.dtype | None = torch.float32, reshard_after_forward: bool = True) -> nn.Module:
-    """FSDP2 over `mesh` (a 1-D DeviceMesh; default: every process): each transformer block, then the root.
-    `param_dtype`: the dtype blocks compute in (None: the stored one); `reduce_dtype`: gradient reduction's."""
+    """FSDP2 over `mesh` (a DeviceMesh from `sharding_mesh`; default: every process): each transformer block, then
+    the root. `param_dtype`: the dtype blocks compute in (None: the stored one); `reduce_dtype`: gradient reduction's."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for block in model.transformer_blocks:
@@ -126,32 +136,36 @@ from .data import BucketBatchSampler, LatentDataset, collate_latents
 from .distributed import destroy_distributed, init_distributed, shard
 
 # %% ../nbs/07_train.ipynb #652c80b5
+FSDP_SHARDING = ("full", "hybrid", "none")
+
 @dataclass
 class TrainConfig:
     "The flags of `fastvideo train` (so far); names and defaults as FastVideo's and diffusers' training scripts."
-    data_json_path: str
-    output_dir: str
-    train_batch_size: int = 1
-    max_train_steps: int = 100
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-5
+    data_json_path: str  # preprocessing's data.json (latents, caption embeddings)
+    output_dir: str  # checkpoints, metrics.jsonl, loss.png and final/ go here
+    train_batch_size: int = 1  # samples per SP group and step
+    max_train_steps: int = 100  # optimiser steps
+    gradient_accumulation_steps: int = 1  # micro-batches per optimiser step
+    learning_rate: float = 1e-5  # AdamW's peak learning rate
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
-    weight_decay: float = 0.01
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    weighting_scheme: str = "uniform"
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay
+    lr_scheduler: str = "constant"  # constant or cosine, after the warmup
+    lr_warmup_steps: int = 0  # steps of linear warmup
+    max_grad_norm: float = 1.0  # clip the gradients' total norm to this
+    weighting_scheme: str = "uniform"  # noise levels: uniform or logit_normal
     logit_mean: float = 0.0
     logit_std: float = 1.0
     cfg: float = 0.1                      # caption dropout: the unconditional prompt's share
-    ema_decay: float = 0.0
-    ema_start_step: int = 0
+    ema_decay: float = 0.0  # 0: no EMA; else the EMA's decay per step
+    ema_start_step: int = 0  # the EMA follows the weights before this step
     selective_checkpointing: float = 0.0  # the DiT's checkpoint_ratio
-    seed: int = 42
+    seed: int = 42  # data order, caption dropout, noise levels and noise
     sp_size: int = 1                      # processes sharing one sample (its latent frames), under torchrun
+    fsdp_sharding: str = "full"           # full: over every process; hybrid: within a node, replicated across; none: replicated
+    num_latent_t: int | None = None       # use at most this many latent frames of each video (its first ones)
     checkpointing_steps: int = 0          # 0: no checkpoints
-    checkpoints_total_limit: int | None = None
+    checkpoints_total_limit: int | None = None  # keep the newest this many checkpoints
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
 
     def __post_init__(self):
@@ -160,6 +174,9 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"--{name} {getattr(self, name)!r}: expected a positive integer")
         if not 0 <= self.cfg <= 1: raise ValueError(f"--cfg {self.cfg}: the caption dropout rate must be in [0, 1]")
+        if self.fsdp_sharding not in FSDP_SHARDING:
+            raise ValueError(f"--fsdp_sharding {self.fsdp_sharding!r}: expected one of {', '.join(FSDP_SHARDING)}")
+        if self.num_latent_t is not None and self.num_latent_t < 1: raise ValueError(f"--num_latent_t {self.num_latent_t}: must be >= 1")
         if not 0 <= self.selective_checkpointing <= 1:
             raise ValueError(f"--selective_checkpointing {self.selective_checkpointing}: must be in [0, 1]")
 
@@ -300,10 +317,13 @@ def add_train(sub):
     from dataclasses import MISSING, fields
     p = sub.add_parser("train", help="fine-tune the DiT on preprocessed latents")
     p.add_argument("--model_path", default="toy", help="diffusers-format Mochi folder, or 'toy'")
+    import inspect, re
+    comments = dict(re.findall(r"^    (\w+): [^=#\n]+(?:= [^#\n]+)?# (.+)$", inspect.getsource(TrainConfig), flags=re.M))
     for f in fields(TrainConfig):
         kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0].split("|")[0].strip(), str)
         required = f.default is MISSING
-        p.add_argument(f"--{f.name}", type=kind, required=required, default=None if required else f.default)
+        help_ = comments.get(f.name, "") + ("" if required else f" (default: {f.default})")
+        p.add_argument(f"--{f.name}", type=kind, required=required, default=None if required else f.default, help=help_)
     def run(a):
         from fastvideo.dit import MochiDiT
         from fastvideo.models import resolve_model_path
@@ -315,7 +335,13 @@ def add_train(sub):
 
 # %% ../nbs/07_train.ipynb #2d19a85f
 _RESUME_FIELDS = ("data_json_path", "train_batch_size", "gradient_accumulation_steps", "seed", "cfg", "weighting_scheme",
-                  "sp_size")  # and the model's config and the number of SP groups: a resume must continue the same run
+                  "sp_size", "num_latent_t")  # and the model's config and the number of SP groups: a resume must continue the same run
+
+def _peak_memory_gb() -> float:
+    "Peak memory of this process: the GPU's allocator peak on CUDA, else the process's peak resident set."
+    if torch.cuda.is_available(): return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 def _sp_frame_weights(batch: int, frames: int, device) -> torch.Tensor:
     "This rank's latent frames under SP: 1 for real frames, 0 for the padding `shard` adds."
@@ -345,7 +371,7 @@ def _train(config, model, progress, model_path, state, tqdm):
     model.checkpoint_ratio = config.selective_checkpointing
     dataset = LatentDataset(config.data_json_path, text_dropout=config.cfg, seed=config.seed)
     check_dataset(dataset, model)
-    if state.world_size > 1: shard_model(model)
+    if state.world_size > 1: shard_model(model, sharding_mesh(config.fsdp_sharding))
     per_group, groups = config.train_batch_size, state.dp_size
     sampler = BucketBatchSampler(dataset.latent_shapes, per_group * groups, shuffle=True, seed=config.seed,
                                  drop_last=groups > 1)  # every SP group gets a full share of each global batch
@@ -371,7 +397,7 @@ def _train(config, model, progress, model_path, state, tqdm):
     bar = tqdm(total=config.max_train_steps, initial=step, disable=not (progress and main), desc="train", unit="step")
     try:
         while step < config.max_train_steps:
-            start, total = time.perf_counter(), torch.zeros(())
+            start, total, tokens = time.perf_counter(), torch.zeros(()), 0
             for micro in range(config.gradient_accumulation_steps):
                 epoch, indices = next(batches)
                 dataset.set_epoch(epoch)
@@ -381,24 +407,30 @@ def _train(config, model, progress, model_path, state, tqdm):
                 noise = torch.randn((len(indices), *shape), generator=g)[mine]
                 batch = collate_latents([dataset[i] for i in indices[mine]])
                 latents, frames = batch["latents"], shape[1]
+                if config.num_latent_t and frames > config.num_latent_t:  # the first frames: a causal VAE's are a clip
+                    frames = config.num_latent_t
+                    latents, noise = latents[:, :, :frames], noise[:, :, :frames]
                 kwargs, weights, denominator = {}, None, None
                 if state.sp_size > 1:  # this rank's frames of each sample; the loss is its share of the sample's mean
                     latents, noise = shard(latents, 2), shard(noise, 2)
                     weights, kwargs = _sp_frame_weights(len(latents), frames, latents.device), {"num_frames": frames}
-                    denominator = torch.tensor(float(len(latents) * frames * shape[0] * shape[2] * shape[3]))
+                    denominator = torch.tensor(float(len(batch["latents"]) * frames * shape[0] * shape[2] * shape[3]))
                 loss = flow_matching_loss(model, latents, batch["prompt_embeds"], batch["prompt_attention_mask"], sigmas,
                                           noise, frame_weights=weights, denominator=denominator, **kwargs)
                 # FSDP averages gradients over all processes; an SP group's shares sum to its samples' loss
                 (loss * state.sp_size / config.gradient_accumulation_steps).backward()
                 total = total + loss.detach() / config.gradient_accumulation_steps
+                p = model.config.patch_size
+                tokens += len(batch["latents"]) * frames * (shape[2] // p) * (shape[3] // p) // state.sp_size
             if state.world_size > 1:  # the logged loss: the global batch's mean, whoever computed which part
                 dist.all_reduce(total); total = total * state.sp_size / state.world_size
             lr = lr_scheduler.get_last_lr()[0]
             grad_norm = optimizer_step(model, optimizer, lr_scheduler, config.max_grad_norm)
             step += 1
             if ema is not None: ema.update(model, step - 1)
-            record = {"step": step, "loss": total.item(), "grad_norm": grad_norm, "lr": lr,
-                      "s_per_step": time.perf_counter() - start}
+            seconds = time.perf_counter() - start
+            record = {"step": step, "loss": total.item(), "grad_norm": grad_norm, "lr": lr, "s_per_step": seconds,
+                      "visual_tokens_per_s": tokens * state.world_size / seconds, "peak_memory_gb": _peak_memory_gb()}
             metrics.append(record)
             if main: log.write(json.dumps(record) + "\n"); log.flush()
             bar.update(1); bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")

@@ -126,3 +126,27 @@ def test_two_processes_and_sequence_parallel_equal_one(tmp_path):
         # so where a gradient is small, the float-sum order (other on 2 processes) moves the update (4e-4 measured;
         # a wrong gradient scale would be off by tens of percent)
         assert loss_rel <= 1e-5 and weight_rel <= 2e-3, (name, loss_rel, weight_rel)
+
+
+def test_two_loopback_nodes_and_sharding_modes_equal_one_process(tmp_path):
+    "Two torchrun 'nodes' of one process each on 127.0.0.1, and --fsdp_sharding none / hybrid, train as 1 process does."
+    import socket
+    data = tiny_dataset(tmp_path / "data")
+    short = ("--max_train_steps", "4", "--checkpointing_steps", "0", "--ema_decay", "0")
+    one = subprocess.run(train_cmd(data, tmp_path / "one", *short), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    args = train_cmd(data, tmp_path / "nodes", *short, "--train_batch_size", "1")[2:]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={r}",
+                               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", *args],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in (0, 1)]
+    outs = [n.communicate(timeout=300)[0] for n in nodes]
+    assert all(n.returncode == 0 for n in nodes), outs[0][-3000:] + outs[1][-3000:]
+    for name, sharding in (("none", "none"), ("hybrid", "hybrid")):
+        done = torchrun(["-m", *train_cmd(data, tmp_path / name, *short, "--train_batch_size", "1", "--fsdp_sharding", sharding)[2:]],
+                        nproc_per_node=2, timeout=300, capture=True)
+        assert done.returncode == 0, done.stdout[-4000:]
+    for name in ("nodes", "none", "hybrid"):
+        loss_rel, weight_rel = compare_runs(tmp_path / name, tmp_path / "one")
+        assert loss_rel <= 1e-5 and weight_rel <= 2e-3, (name, loss_rel, weight_rel)
