@@ -150,3 +150,20 @@ def test_two_loopback_nodes_and_sharding_modes_equal_one_process(tmp_path):
     for name in ("nodes", "none", "hybrid"):
         loss_rel, weight_rel = compare_runs(tmp_path / name, tmp_path / "one")
         assert loss_rel <= 1e-5 and weight_rel <= 2e-3, (name, loss_rel, weight_rel)
+
+
+def test_resume_on_two_processes_with_ema_is_bit_identical(tmp_path):
+    "EMA tensors are DTensors sharded as the parameters: a 2-process save and resume must restore every rank's shard."
+    import shutil
+    data = tiny_dataset(tmp_path / "data")
+    def run(out, steps, *extra):
+        done = torchrun(["-m", *train_cmd(data, out, "--max_train_steps", str(steps), "--train_batch_size", "1", *extra)[2:]],
+                        nproc_per_node=2, timeout=300, capture=True)
+        assert done.returncode == 0, done.stdout[-4000:]
+    run(tmp_path / "full", 8)
+    run(tmp_path / "cut", 6)
+    shutil.rmtree(tmp_path / "cut" / "checkpoint-6"); shutil.rmtree(tmp_path / "cut" / "final")  # as if killed after step 4's save
+    run(tmp_path / "cut", 8, "--resume_from_checkpoint", "latest")
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")  # the EMA weights (--ema_decay 0.9)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
