@@ -425,4 +425,6 @@ d = { 'settings': { 'branch': 'main',
                                  'fastvideo.train.save_checkpoint': ('train.html#save_checkpoint', 'fastvideo/train.py'),
                                  'fastvideo.train.shard_model': ('train.html#shard_model', 'fastvideo/train.py'),
                                  'fastvideo.train.sharding_mesh': ('train.html#sharding_mesh', 'fastvideo/train.py'),
-                                 'fastvideo.train.train': ('train.html#train', 'fastvideo/train.py')}}}
+                                 'fastvideo.train.train': ('train.html#train', 'fastvideo/train.py'),
+                                 'fastvideo.train.validate': ('train.html#validate', 'fastvideo/train.py'),
+                                 'fastvideo.train.validation_prompts': ('train.html#validation_prompts', 'fastvideo/train.py')}}}

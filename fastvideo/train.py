@@ -13,7 +13,7 @@ from .schedulers import add_noise, model_timestep, velocity_target
 __all__ = ['WEIGHTING_SCHEMES', 'LR_SCHEDULERS', 'FSDP_SHARDING', 'CHECKPOINT_MARKER', 'flow_matching_loss', 'sample_sigmas',
            'make_optimizer', 'make_lr_scheduler', 'optimizer_step', 'EMA', 'sharding_mesh', 'shard_model',
            'TrainConfig', 'checkpoint_folders', 'save_checkpoint', 'load_checkpoint', 'check_dataset',
-           'export_model_folder', 'plot_losses', 'add_train', 'train']
+           'export_model_folder', 'plot_losses', 'add_train', 'validation_prompts', 'validate', 'train']
 
 # %% ../nbs/07_train.ipynb #377f7afe
 def flow_matching_loss(transformer: nn.Module, latents: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor,
@@ -166,6 +166,10 @@ class TrainConfig:
     num_latent_t: int | None = None       # use at most this many latent frames of each video (its first ones)
     checkpointing_steps: int = 0          # 0: no checkpoints
     checkpoints_total_limit: int | None = None  # keep the newest this many checkpoints
+    validation_steps: int = 0             # sample the validation prompts every this many steps (0: never)
+    validation_prompt_dir: str | None = None  # preprocessing's validation/ folder (prompts.json)
+    validation_sampling_steps: int = 64   # Euler steps of a validation video
+    validation_guidance_scale: float = 4.5  # classifier-free guidance of a validation video
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
 
     def __post_init__(self):
@@ -333,6 +337,51 @@ def add_train(sub):
         print(f"trained {config.max_train_steps} steps; the model is in {Path(config.output_dir) / 'final'}")
     p.set_defaults(func=run)
 
+# %% ../nbs/07_train.ipynb #9b81380b
+def validation_prompts(prompt_dir) -> list:
+    "The captions of `prompt_dir/prompts.json` (preprocessing's validation prompts)."
+    path = Path(prompt_dir) / "prompts.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--validation_prompt_dir {prompt_dir}: no prompts.json; `fastvideo preprocess "
+                                "--validation_prompts FILE` writes it into the output's validation/ folder")
+    captions = [e["caption"] for e in json.loads(path.read_text())]
+    if not captions: raise ValueError(f"{path}: no prompts")
+    return captions
+
+def validate(model: nn.Module, model_path, prompts: list, out_dir, step: int, ema: EMA | None = None,
+             num_inference_steps: int = 64, guidance_scale: float = 4.5, seed: int = 0) -> dict:
+    "Sample `prompts` with the model's (EMA) weights; rank 0 writes mp4s, a contact sheet and returns the record."
+    import gc
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from fastvideo import media, toy
+    from fastvideo.distributed import sequence_parallel
+    from fastvideo.models import load_encoders, resolve_model_path
+    from fastvideo.sampling import Pipeline, generate, to_uint8
+    with (ema.applied(model) if ema is not None else contextlib.nullcontext()):
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    record = {"step": step}
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        plain = type(model).from_config(model.config, device="meta")
+        plain.load_state_dict(full, assign=True)
+        root = resolve_model_path(model_path)
+        enc = load_encoders(root)
+        pipe = Pipeline(plain.eval().requires_grad_(False), enc.vae, enc.text_encoder, enc.tokenizer, enc.max_sequence_length, root)
+        with sequence_parallel(None):  # one process, whole clips
+            frames = generate(model_path, prompts, pipeline=pipe, num_inference_steps=num_inference_steps,
+                              guidance_scale=guidance_scale, seed=seed, progress=False)
+        videos = [to_uint8(f) for f in frames]
+        folder = Path(out_dir) / f"step-{step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        fps = 8.0 if str(model_path) == "toy" else 30.0
+        for i, v in enumerate(videos): media.write_mp4(folder / f"{i:03d}.mp4", v, fps)
+        import matplotlib.pyplot as plt
+        fig = toy.frame_grid(videos[:16], prompts[:16]); fig.savefig(folder / "contact_sheet.png", dpi=80); plt.close(fig)
+        try: record["scores"] = {k: round(float(v), 4) for k, v in toy.score_many(videos, prompts).items()}
+        except ValueError: pass  # not toy-world captions: nothing to score
+        del plain, pipe, enc, full; gc.collect()
+    _barrier()
+    return record
+
 # %% ../nbs/07_train.ipynb #2d19a85f
 _RESUME_FIELDS = ("data_json_path", "train_batch_size", "gradient_accumulation_steps", "seed", "cfg", "weighting_scheme",
                   "sp_size", "num_latent_t")  # and the model's config and the number of SP groups: a resume must continue the same run
@@ -355,7 +404,7 @@ def train(config: TrainConfig, model: nn.Module, progress: bool = True, model_pa
     and its noise levels and noise are drawn for the whole global batch, so a run's numbers do not depend on how
     many processes share it (up to the order of float sums)."""
     from tqdm.auto import tqdm
-    state = init_distributed(config.sp_size)
+    state = init_distributed(config.sp_size, timeout_s=3600)  # the others wait at barriers while rank 0 validates
     try:
         return _train(config, model, progress, model_path, state, tqdm)
     finally:
@@ -368,6 +417,11 @@ def _train(config, model, progress, model_path, state, tqdm):
                          "it, or choose another --output_dir (nothing is overwritten)")
     _barrier()  # every rank has looked before rank 0 writes anything
     if main: out.mkdir(parents=True, exist_ok=True)
+    prompts = None
+    if config.validation_steps:  # fail now, not at the first validation
+        if config.validation_prompt_dir is None: raise ValueError("--validation_steps needs --validation_prompt_dir")
+        if model_path is None: raise ValueError("validation needs the model folder (--model_path): its VAE and T5")
+        prompts = validation_prompts(config.validation_prompt_dir)
     model.checkpoint_ratio = config.selective_checkpointing
     dataset = LatentDataset(config.data_json_path, text_dropout=config.cfg, seed=config.seed)
     check_dataset(dataset, model)
@@ -434,6 +488,12 @@ def _train(config, model, progress, model_path, state, tqdm):
             metrics.append(record)
             if main: log.write(json.dumps(record) + "\n"); log.flush()
             bar.update(1); bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+            if prompts and step % config.validation_steps == 0:
+                record = validate(model, model_path, prompts, out / "validation", step, ema,
+                                  config.validation_sampling_steps, config.validation_guidance_scale, config.seed)
+                model.train()
+                if main:
+                    with open(out / "validation.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
             if config.checkpointing_steps and (step % config.checkpointing_steps == 0 or step == config.max_train_steps):
                 save_checkpoint(out, step, model, optimizer, lr_scheduler, ema, meta, config.checkpoints_total_limit)
     finally:

@@ -167,3 +167,19 @@ def test_resume_on_two_processes_with_ema_is_bit_identical(tmp_path):
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
     a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")  # the EMA weights (--ema_decay 0.9)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_during_training(tmp_path, capsys):
+    "Every --validation_steps: mp4s, a contact sheet and a scored line of validation.jsonl; a missing prompt dir is named."
+    from fastvideo.cli import main
+    data = tiny_dataset(tmp_path / "data", n=2)
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "prompts.json").write_text(json.dumps([{"caption": "a red circle moving left"}]))
+    flags = ("--max_train_steps", "4", "--validation_steps", "2", "--validation_sampling_steps", "2")
+    try: main(train_cmd(data, tmp_path / "nodir", *flags, "--validation_prompt_dir", str(tmp_path / "missing"))[3:])
+    except SystemExit as e: assert e.code == 2
+    assert "missing: no prompts.json" in capsys.readouterr().err
+    main(train_cmd(data, tmp_path / "out", *flags, "--validation_prompt_dir", str(tmp_path / "val"))[3:])
+    records = [json.loads(l) for l in (tmp_path / "out" / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4] and set(records[0]["scores"]) >= {"color", "shape", "motion", "mean"}
+    assert sorted(p.name for p in (tmp_path / "out" / "validation" / "step-4").iterdir()) == ["000.mp4", "contact_sheet.png"]
