@@ -18,13 +18,15 @@ __all__ = ['WEIGHTING_SCHEMES', 'LR_SCHEDULERS', 'FSDP_SHARDING', 'CHECKPOINT_MA
 # %% ../nbs/07_train.ipynb #377f7afe
 def flow_matching_loss(transformer: nn.Module, latents: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor,
                        sigmas: torch.Tensor, noise: torch.Tensor, frame_weights: torch.Tensor | None = None,
-                       denominator: torch.Tensor | None = None, **forward_kwargs) -> torch.Tensor:
+                       denominator: torch.Tensor | None = None, compute_dtype: torch.dtype | None = None,
+                       **forward_kwargs) -> torch.Tensor:
     """Mean squared error of the DiT's velocity at `x_sigma` against `x0 - noise`, in fp32; latents and noise
     [B, C, T, H, W], one sigma per sample; `frame_weights` [B, T] weigh the latent frames (None: all 1);
     `denominator`: what the weighted sum is divided by (default: the weighted element count here; under sequence
-    parallelism the whole sample's, so that the shares of an SP group add up to its loss)."""
+    parallelism the whole sample's, so that the shares of an SP group add up to its loss); `compute_dtype`: what the
+    latents and captions enter the DiT in (default: its weights' dtype; bf16 under FSDP2's mixed precision)."""
     x_sigma = add_noise(latents.float(), noise.float(), sigmas.float())
-    dtype = next(p.dtype for p in transformer.parameters() if p.is_floating_point())
+    dtype = compute_dtype or next(p.dtype for p in transformer.parameters() if p.is_floating_point())
     pred = transformer(hidden_states=x_sigma.to(dtype), encoder_hidden_states=embeds.to(dtype),
                        timestep=model_timestep(sigmas).to(latents.device), encoder_attention_mask=mask,
                        return_dict=False, **forward_kwargs)[0]
@@ -121,7 +123,9 @@ def shard_model(model: nn.Module, mesh=None, param_dtype: torch.dtype | None = N
     """FSDP2 over `mesh` (a DeviceMesh from `sharding_mesh`; default: every process): each transformer block, then
     the root. `param_dtype`: the dtype blocks compute in (None: the stored one); `reduce_dtype`: gradient reduction's."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    # inputs are not cast: the RoPE angles a block receives must stay fp32 (bf16 is off by a fraction of a turn at
+    # ~100 rad) and so must the timesteps; the model casts what it computes with itself
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype, cast_forward_inputs=False)
     for block in model.transformer_blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
@@ -162,6 +166,8 @@ class TrainConfig:
     selective_checkpointing: float = 0.0  # the DiT's checkpoint_ratio
     seed: int = 42  # data order, caption dropout, noise levels and noise
     sp_size: int = 1                      # processes sharing one sample (its latent frames), under torchrun
+    mixed_precision: str = "no"           # bf16: blocks compute in bf16 (FSDP2's policy; autocast on one process)
+    master_weight_type: str = "fp32"      # the dtype of the stored (master) weights, the optimizer's and the EMA's
     fsdp_sharding: str = "full"           # full: over every process; hybrid: within a node, replicated across; none: replicated
     num_latent_t: int | None = None       # use at most this many latent frames of each video (its first ones)
     checkpointing_steps: int = 0          # 0: no checkpoints
@@ -178,6 +184,9 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"--{name} {getattr(self, name)!r}: expected a positive integer")
         if not 0 <= self.cfg <= 1: raise ValueError(f"--cfg {self.cfg}: the caption dropout rate must be in [0, 1]")
+        if self.mixed_precision not in ("no", "bf16"): raise ValueError(f"--mixed_precision {self.mixed_precision!r}: expected no or bf16")
+        if self.master_weight_type not in ("fp32", "bf16"):
+            raise ValueError(f"--master_weight_type {self.master_weight_type!r}: expected fp32 or bf16")
         if self.fsdp_sharding not in FSDP_SHARDING:
             raise ValueError(f"--fsdp_sharding {self.fsdp_sharding!r}: expected one of {', '.join(FSDP_SHARDING)}")
         if self.num_latent_t is not None and self.num_latent_t < 1: raise ValueError(f"--num_latent_t {self.num_latent_t}: must be >= 1")
@@ -384,7 +393,7 @@ def validate(model: nn.Module, model_path, prompts: list, out_dir, step: int, em
 
 # %% ../nbs/07_train.ipynb #2d19a85f
 _RESUME_FIELDS = ("data_json_path", "train_batch_size", "gradient_accumulation_steps", "seed", "cfg", "weighting_scheme",
-                  "sp_size", "num_latent_t")  # and the model's config and the number of SP groups: a resume must continue the same run
+                  "sp_size", "num_latent_t", "mixed_precision", "master_weight_type")  # and the model's config and the number of SP groups: a resume must continue the same run
 
 def _peak_memory_gb() -> float:
     "Peak memory of this process: the GPU's allocator peak on CUDA, else the process's peak resident set."
@@ -425,7 +434,12 @@ def _train(config, model, progress, model_path, state, tqdm):
     model.checkpoint_ratio = config.selective_checkpointing
     dataset = LatentDataset(config.data_json_path, text_dropout=config.cfg, seed=config.seed)
     check_dataset(dataset, model)
-    if state.world_size > 1: shard_model(model, sharding_mesh(config.fsdp_sharding))
+    if config.master_weight_type == "bf16": model.to(torch.bfloat16)
+    compute = torch.bfloat16 if config.mixed_precision == "bf16" else None
+    if state.world_size > 1: shard_model(model, sharding_mesh(config.fsdp_sharding), param_dtype=compute)
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    autocast = (lambda: torch.autocast(device_type, torch.bfloat16)) if compute is not None and state.world_size == 1 \
+        else contextlib.nullcontext  # one process: no FSDP policy to cast the blocks' weights, so autocast does
     per_group, groups = config.train_batch_size, state.dp_size
     sampler = BucketBatchSampler(dataset.latent_shapes, per_group * groups, shuffle=True, seed=config.seed,
                                  drop_last=groups > 1)  # every SP group gets a full share of each global batch
@@ -469,8 +483,10 @@ def _train(config, model, progress, model_path, state, tqdm):
                     latents, noise = shard(latents, 2), shard(noise, 2)
                     weights, kwargs = _sp_frame_weights(len(latents), frames, latents.device), {"num_frames": frames}
                     denominator = torch.tensor(float(len(batch["latents"]) * frames * shape[0] * shape[2] * shape[3]))
-                loss = flow_matching_loss(model, latents, batch["prompt_embeds"], batch["prompt_attention_mask"], sigmas,
-                                          noise, frame_weights=weights, denominator=denominator, **kwargs)
+                with autocast():
+                    loss = flow_matching_loss(model, latents, batch["prompt_embeds"], batch["prompt_attention_mask"], sigmas,
+                                              noise, frame_weights=weights, denominator=denominator,
+                                              compute_dtype=compute if state.world_size > 1 else None, **kwargs)
                 # FSDP averages gradients over all processes; an SP group's shares sum to its samples' loss
                 (loss * state.sp_size / config.gradient_accumulation_steps).backward()
                 total = total + loss.detach() / config.gradient_accumulation_steps
