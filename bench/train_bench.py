@@ -104,7 +104,7 @@ def saved_bytes(model, dtype, ratio):
     return sum(kept.values()) / 2**20
 print("\n3. activations kept for backward (MiB), toy model, batch 2")
 print("| checkpoint ratio | fp32 | bf16 |\n|---|---|---|")
-bf16 = MochiDiT(**asdict(cfg)).train(); bf16.load_state_dict(ref.state_dict()); bf16.to(torch.bfloat16)
+bf16 = MochiDiT.from_config(cfg, dtype=torch.bfloat16).train(); bf16.load_state_dict(ref.state_dict())
 for r in (0.0, 0.5, 1.0):
     print(f"| {r} | {saved_bytes(ours, torch.float32, r):.2f} | {saved_bytes(bf16, torch.bfloat16, r):.2f} |")
 
@@ -119,28 +119,32 @@ gib = 2**30
 for ranks in (1, 2, 4, 8):
     w = 4 * n / ranks / gib
     print(f"| {ranks} | {w:.1f} | {w:.1f} | {2 * w:.1f} | {4 * w:.1f} |")
-# activations of one bf16 block per visual token, measured on meta tensors (nothing allocated)
+# activations of one bf16 block per visual token: one real Mochi-10B block (0.4 GB of bf16 weights) at 256 and 512
+# visual tokens (+ 256 text), saved-tensor storages counted once each; the difference is the per-token cost
+from fastvideo.dit import MochiBlock  # noqa: E402
 c = preset("mochi-10b").dit
-tokens, text = 1024, 256
-meta_block = MochiDiT.from_config({**asdict(c), "num_layers": 2}, device="meta").to(torch.bfloat16).transformer_blocks[0]
-from fastvideo.dit import rope_angles, rope_positions  # noqa: E402
-kept = []
-with torch.device("meta"):
-    x = torch.empty(1, tokens, c.inner_dim, dtype=torch.bfloat16, requires_grad=True)
-    t = torch.empty(1, text, c.pooled_projection_dim, dtype=torch.bfloat16, requires_grad=True)
-    cond = torch.empty(1, c.inner_dim, dtype=torch.bfloat16)
-    angles = torch.empty(tokens, c.num_attention_heads, c.attention_head_dim // 2)
-    rope = (angles, torch.polar(torch.ones_like(angles), angles))
-    with torch.autograd.graph.saved_tensors_hooks(lambda s: kept.append(s.untyped_storage().nbytes()) or s, lambda s: s):
-        meta_block(x, t, cond, rope, None)
-per_token = sum(kept) / tokens  # the text part (256 tokens) is small beside 44,520 visual ones: counted per visual token
+real_block = MochiBlock(c).to(torch.bfloat16)
+def block_saved(tokens):
+    weights, kept = {q.untyped_storage().data_ptr() for q in real_block.parameters()}, {}
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights: kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    x = torch.randn(1, tokens, c.inner_dim, dtype=torch.bfloat16, requires_grad=True)
+    t = torch.randn(1, 256, c.pooled_projection_dim, dtype=torch.bfloat16, requires_grad=True)
+    cond, angles = torch.randn(1, c.inner_dim, dtype=torch.bfloat16), torch.randn(tokens, c.num_attention_heads, c.attention_head_dim // 2)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s):
+        real_block(x, t, cond, (angles, torch.polar(torch.ones_like(angles), angles)), None)
+    return sum(kept.values())
+tokens = 512
+per_token = (block_saved(512) - block_saved(256)) / 256
+del real_block
 visual, sp, gpus, layers = 28 * 30 * 53, 4, 8, c.num_layers
 local = visual / sp
 unsharded_block = 2 * block_params / gib  # one block all-gathered in bf16 at a time
 states = 16 * n / gpus / gib
 full_ckpt_acts = (layers * local * c.inner_dim * 2 + local * per_token) / gib  # block inputs kept + one block recomputed
 no_ckpt_acts = layers * local * per_token / gib
-print(f"\nactivations a bf16 block keeps: {per_token / 1024:.0f} KiB per visual token (meta device, {tokens} tokens)")
+print(f"\nactivations a bf16 Mochi-10B block keeps: {per_token / 1024:.0f} KiB per visual token (one real block, 256 -> 512 tokens)")
 print(f"projected per-GPU peak, 163x480x848 ({visual:,} visual tokens), SP {sp}, {gpus} GPUs (FSDP2 over all 8):")
 print(f"| part | GiB |\n|---|---|\n| weights + gradients + AdamW (fp32, 1/{gpus}) | {states:.1f} |"
       f"\n| one block all-gathered (bf16) | {unsharded_block:.1f} |"

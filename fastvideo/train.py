@@ -26,7 +26,8 @@ def flow_matching_loss(transformer: nn.Module, latents: torch.Tensor, embeds: to
     parallelism the whole sample's, so that the shares of an SP group add up to its loss); `compute_dtype`: what the
     latents and captions enter the DiT in (default: its weights' dtype; bf16 under FSDP2's mixed precision)."""
     x_sigma = add_noise(latents.float(), noise.float(), sigmas.float())
-    dtype = compute_dtype or next(p.dtype for p in transformer.parameters() if p.is_floating_point())
+    # a diffusers model's `dtype` (its first parameter may be an fp32-kept one), else the first floating parameter's
+    dtype = compute_dtype or getattr(transformer, "dtype", None) or next(p.dtype for p in transformer.parameters() if p.is_floating_point())
     pred = transformer(hidden_states=x_sigma.to(dtype), encoder_hidden_states=embeds.to(dtype),
                        timestep=model_timestep(sigmas).to(latents.device), encoder_attention_mask=mask,
                        return_dict=False, **forward_kwargs)[0]
