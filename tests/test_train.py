@@ -202,3 +202,19 @@ def test_bf16_mixed_precision_and_master_weights_track_fp32(tmp_path):
     for name in ("bf16_1", "bf16_2", "master_bf16"):
         got = losses(tmp_path / name)
         assert got.keys() == ref.keys() and max(abs(got[s] - ref[s]) / ref[s] for s in ref) < 0.05, (name, got, ref)
+
+
+def test_finetune_run_notebook_on_two_processes(tmp_path):
+    "`fastvideo launch nbs/runs/finetune.ipynb --nproc_per_node 2`: rank 0's record shows the run and its curve."
+    import nbformat
+    from fastvideo.cli import main
+    data = tiny_dataset(tmp_path / "data")
+    record = tmp_path / "finetune.ipynb"
+    main(["launch", str(Path(__file__).parents[1] / "nbs/runs/finetune.ipynb"), "--nproc_per_node", "2", "-p", "data_json_path",
+          str(data), "-p", "output_dir", str(tmp_path / "out"), "-p", "max_train_steps", "4", "--output", str(record),
+          "--timeout", "300"])
+    nb = nbformat.read(record, 4)
+    texts = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "rank 0 of 2" in texts and "rank 0: 4 steps, last loss" in texts, texts[-2000:]
+    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert (tmp_path / "out" / "final" / "transformer" / "config.json").exists()
