@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_media.ipynb #09b121ea
 from __future__ import annotations
-import os, re, tempfile, types
+import os, re, secrets, tempfile, types
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -20,19 +20,19 @@ __all__ = ['IMAGE_SUFFIXES', 'atomic_write', 'write_text', 'write_bytes', 'write
 # %% ../nbs/00a_media.ipynb #57d3fe34
 _UMASK = os.umask(0o022); os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 
-def _temporary_beside(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the file the permissions open() would
-    return Path(tmp)
+def _temporary_name(path: Path) -> Path:
+    "An unused hidden name beside `path`; nothing is created yet."
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}{path.suffix}")
 
 @contextmanager
 def atomic_write(path):
     "Yield a temporary path beside `path`; it replaces `path` when the block completes and is removed if it fails."
     path, tmp = Path(path), None
     try:
-        tmp = _temporary_beside(path)  # inside the try: a Ctrl-C right after mkstemp leaves no stray file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temporary_name(path)  # named before the file exists: a Ctrl-C at any later point leaves nothing behind
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions open() would give
         yield tmp
         os.replace(tmp, path)
     finally:

@@ -83,24 +83,27 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float, start_step: int = 0):
         if not 0 <= decay < 1: raise ValueError(f"--ema_decay {decay}: must be in [0, 1)")
         self.decay, self.start_step = decay, start_step
-        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        # fp32 even over bf16 weights (a step of (1 - d) * difference would round away in bf16); DTensors when the
+        # parameters are: each rank keeps its own shard
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int):
         "After optimiser step `step`: ema <- d * ema + (1 - d) * weights (d = 0 before `start_step`)."
         d = self.decay if step >= self.start_step else 0.0
         for n, p in model.named_parameters():
-            if n in self.shadow: self.shadow[n].lerp_(p.detach(), 1 - d)
+            if n in self.shadow: self.shadow[n].lerp_(p.detach().float(), 1 - d)
 
     @contextlib.contextmanager
     @torch.no_grad()
     def applied(self, model: nn.Module):
         "The model with the averaged weights inside the block, its own weights again after."
         params = dict(model.named_parameters())
-        for n, t in self.shadow.items(): params[n].data, self.shadow[n] = t, params[n].data
+        backup = {n: params[n].detach().clone() for n in self.shadow}  # values copied, not `.data` swapped: a
+        for n, t in self.shadow.items(): params[n].detach().copy_(t)   # DTensor's shard ignores a new `.data`
         try: yield model
         finally:
-            for n, t in self.shadow.items(): params[n].data, self.shadow[n] = t, params[n].data
+            for n, t in backup.items(): params[n].detach().copy_(t)
 
     def state_dict(self) -> dict: return {"decay": self.decay, "start_step": self.start_step, "shadow": self.shadow}
     def load_state_dict(self, state: dict):
@@ -129,7 +132,11 @@ def shard_model(model: nn.Module, mesh=None, param_dtype: torch.dtype | None = N
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype, cast_forward_inputs=False)
     for block in model.transformer_blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    for name in ("patch_embed", "time_embed", "norm_out", "proj_out"):  # the root's layers compute as the blocks do
+        if hasattr(model, name): fully_shard(getattr(model, name), mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    # what is left on the root, the RoPE frequencies, is never cast: angles of ~100 rad need fp32
+    root_policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=reduce_dtype, cast_forward_inputs=False)
+    fully_shard(model, mesh=mesh, mp_policy=root_policy, reshard_after_forward=reshard_after_forward)
     return model
 
 # %% ../nbs/07_train.ipynb #bde7ff4e
@@ -191,6 +198,8 @@ class TrainConfig:
         if self.fsdp_sharding not in FSDP_SHARDING:
             raise ValueError(f"--fsdp_sharding {self.fsdp_sharding!r}: expected one of {', '.join(FSDP_SHARDING)}")
         if self.num_latent_t is not None and self.num_latent_t < 1: raise ValueError(f"--num_latent_t {self.num_latent_t}: must be >= 1")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(f"--checkpoints_total_limit {self.checkpoints_total_limit}: must be >= 1 (or not given)")
         if not 0 <= self.selective_checkpointing <= 1:
             raise ValueError(f"--selective_checkpointing {self.selective_checkpointing}: must be in [0, 1]")
 
@@ -237,6 +246,17 @@ def _state(model, optimizer, lr_scheduler, ema) -> dict:
 def _barrier():
     if dist.is_initialized(): dist.barrier()
 
+def _on_rank0(fn):
+    "Run `fn` on rank 0 only; every rank learns whether it failed (rather than waiting for it at the next collective)."
+    error = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try: fn()
+        except BaseException as e: error = e
+    if dist.is_initialized():
+        failed = torch.tensor(float(error is not None)); dist.all_reduce(failed)
+        if failed.item() and error is None: raise RuntimeError("rank 0 failed (its error is in its log)")
+    if error is not None: raise error
+
 def save_checkpoint(output_dir, step: int, model, optimizer, lr_scheduler, ema, meta: dict, limit: int | None = None) -> Path:
     """Write `checkpoint-STEP` atomically (temporary folder, marker last, rename); keep the newest `limit`. Under
     torchrun every rank calls it (the save is collective: each writes its shards); rank 0 finishes the folder."""
@@ -248,14 +268,15 @@ def save_checkpoint(output_dir, step: int, model, optimizer, lr_scheduler, ema, 
     _barrier()
     with _quiet_dcp(): dcp.save(_state(model, optimizer, lr_scheduler, ema), checkpoint_id=str(tmp))
     _barrier()
-    if main:
+    def finish():
         (tmp / "meta.json").write_text(json.dumps(meta | {"step": step}, indent=2) + "\n")
         (tmp / CHECKPOINT_MARKER).write_text("")
         if final.exists(): shutil.rmtree(final)
         tmp.rename(final)
-        if limit:
-            for old in checkpoint_folders(output_dir)[:-limit]: shutil.rmtree(old)
-    _barrier()
+        if limit:  # the newest `limit` up to this step; never a newer one
+            done = [c for c in checkpoint_folders(output_dir) if int(c.name.removeprefix("checkpoint-")) <= step]
+            for old in done[:-limit]: shutil.rmtree(old)
+    _on_rank0(finish)
     return final
 
 def load_checkpoint(folder, model, optimizer, lr_scheduler, ema) -> dict:
@@ -266,6 +287,8 @@ def load_checkpoint(folder, model, optimizer, lr_scheduler, ema) -> dict:
     if not (folder / CHECKPOINT_MARKER).exists(): raise ValueError(f"{folder}: not a complete checkpoint (no {CHECKPOINT_MARKER} marker)")
     state = _state(model, optimizer, lr_scheduler, ema)
     saved = set(dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
+    for part in ("lr_scheduler.", "optimizer.param_groups."):  # only optimizer state of never-updated weights may be absent
+        if not any(k.startswith(part) for k in saved): raise ValueError(f"{folder}: the checkpoint lacks its {part.rstrip('.')}")
     wanted = [f"model.{k}" for k in state["model"]] + ([f"ema.{k}" for k in state["ema"]] if "ema" in state else [])
     missing = [k for k in wanted if k not in saved]
     if missing: raise ValueError(f"{folder}: the checkpoint lacks {missing[:5]} (another model, or EMA off when it was saved)")
@@ -294,13 +317,22 @@ def check_dataset(dataset: LatentDataset, model: nn.Module):
         raise ValueError(f"{where}: caption embeddings of width {embeds.shape[-1]}; the model reads "
                          f"{model.config.text_embed_dim} (text_embed_dim): embeddings of another text encoder?")
 
+def _full_weights(model: nn.Module) -> dict:
+    """The whole state dict on rank 0's CPU (collective when sharded), as copies: unsharded parameters would be the
+    live tensors, and an EMA swapped in for the call is swapped out again right after."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    from torch.distributed.tensor import DTensor
+    live = {p.untyped_storage().data_ptr() for p in model.parameters() if not isinstance(p, DTensor) and p.device.type != "meta"}
+    return {k: v.clone() if v.untyped_storage().data_ptr() in live else v for k, v in full.items()}
+
 def export_model_folder(model: nn.Module, model_path, folder, ema: EMA | None = None) -> Path:
     "A complete diffusers folder: `model` (EMA weights if given) as transformer/, the other parts of `model_path`."
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from fastvideo.models import resolve_model_path
     source, folder = resolve_model_path(model_path), Path(folder)
     with (ema.applied(model) if ema is not None else contextlib.nullcontext()):  # collective when sharded: every rank
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = _full_weights(model)
     if dist.is_initialized() and dist.get_rank() != 0: return folder
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists(): shutil.rmtree(tmp)
@@ -368,13 +400,15 @@ def validate(model: nn.Module, model_path, prompts: list, out_dir, step: int, em
     from fastvideo.models import load_encoders, resolve_model_path
     from fastvideo.sampling import Pipeline, generate, to_uint8
     with (ema.applied(model) if ema is not None else contextlib.nullcontext()):
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = _full_weights(model)
     record = {"step": step}
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    def sample():
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         plain = type(model).from_config(model.config, device="meta")
         plain.load_state_dict(full, assign=True)
+        plain.to(device)
         root = resolve_model_path(model_path)
-        enc = load_encoders(root)
+        enc = load_encoders(root, device=device)
         pipe = Pipeline(plain.eval().requires_grad_(False), enc.vae, enc.text_encoder, enc.tokenizer, enc.max_sequence_length, root)
         with sequence_parallel(None):  # one process, whole clips
             frames = generate(model_path, prompts, pipeline=pipe, num_inference_steps=num_inference_steps,
@@ -388,13 +422,15 @@ def validate(model: nn.Module, model_path, prompts: list, out_dir, step: int, em
         fig = toy.frame_grid(videos[:16], prompts[:16]); fig.savefig(folder / "contact_sheet.png", dpi=80); plt.close(fig)
         try: record["scores"] = {k: round(float(v), 4) for k, v in toy.score_many(videos, prompts).items()}
         except ValueError: pass  # not toy-world captions: nothing to score
-        del plain, pipe, enc, full; gc.collect()
-    _barrier()
+        del plain, pipe, enc; gc.collect()
+        if torch.cuda.is_available(): torch.cuda.empty_cache()
+    _on_rank0(sample)  # every rank learns if rank 0's sampling failed, instead of waiting at the next collective
     return record
 
 # %% ../nbs/07_train.ipynb #2d19a85f
 _RESUME_FIELDS = ("data_json_path", "train_batch_size", "gradient_accumulation_steps", "seed", "cfg", "weighting_scheme",
-                  "sp_size", "num_latent_t", "mixed_precision", "master_weight_type")  # and the model's config and the number of SP groups: a resume must continue the same run
+                  "sp_size", "num_latent_t", "mixed_precision", "master_weight_type", "learning_rate", "lr_scheduler",
+                  "lr_warmup_steps", "ema_decay", "ema_start_step", "logit_mean", "logit_std")  # and the model's config and the number of SP groups: a resume must continue the same run
 
 def _peak_memory_gb() -> float:
     "Peak memory of this process: the GPU's allocator peak on CUDA, else the process's peak resident set."
@@ -416,13 +452,16 @@ def train(config: TrainConfig, model: nn.Module, progress: bool = True, model_pa
     from tqdm.auto import tqdm
     state = init_distributed(config.sp_size, timeout_s=3600)  # the others wait at barriers while rank 0 validates
     try:
-        return _train(config, model, progress, model_path, state, tqdm)
+        with warnings.catch_warnings():
+            # FSDP2 warns that the sharded output projection returns a view (against in-place ops on it): we do none
+            warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPLinear\) returned a view tensor")
+            return _train(config, model, progress, model_path, state, tqdm)
     finally:
         destroy_distributed()
 
 def _train(config, model, progress, model_path, state, tqdm):
     out, main = Path(config.output_dir), state.rank == 0
-    if checkpoint_folders(out) and not config.resume_from_checkpoint:
+    if (checkpoint_folders(out) or (out / "metrics.jsonl").exists()) and not config.resume_from_checkpoint:
         raise ValueError(f"{out}: holds checkpoints of an earlier run; pass --resume_from_checkpoint latest to continue "
                          "it, or choose another --output_dir (nothing is overwritten)")
     _barrier()  # every rank has looked before rank 0 writes anything
@@ -435,7 +474,12 @@ def _train(config, model, progress, model_path, state, tqdm):
     model.checkpoint_ratio = config.selective_checkpointing
     dataset = LatentDataset(config.data_json_path, text_dropout=config.cfg, seed=config.seed)
     check_dataset(dataset, model)
-    if config.master_weight_type == "bf16": model.to(torch.bfloat16)
+    device = torch.device("cuda", state.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    model.to(device)
+    if config.master_weight_type == "bf16":
+        model.to(torch.bfloat16)
+        for name, p in model.named_parameters():  # the fp32-kept modules (the RoPE frequencies) stay fp32
+            if any(k in name for k in getattr(model, "_keep_in_fp32_modules", None) or ()): p.data = p.data.float()
     compute = torch.bfloat16 if config.mixed_precision == "bf16" else None
     if state.world_size > 1: shard_model(model, sharding_mesh(config.fsdp_sharding), param_dtype=compute)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -449,16 +493,30 @@ def _train(config, model, progress, model_path, state, tqdm):
     ema = EMA(model, config.ema_decay, config.ema_start_step) if config.ema_decay > 0 else None
     meta = {k: getattr(config, k) for k in _RESUME_FIELDS} | {"model": {k: v for k, v in model.config.items() if not k.startswith("_")},
                                                            "sp_groups": groups}  # the global batch is per-group x groups
+    meta["data_json_path"] = str(Path(config.data_json_path).resolve())
+    if config.lr_scheduler == "cosine": meta["max_train_steps"] = config.max_train_steps  # the cosine's length
     step = 0
     if config.resume_from_checkpoint:
         folder = (checkpoint_folders(out) or [None])[-1] if config.resume_from_checkpoint == "latest" else Path(config.resume_from_checkpoint)
         if folder is not None:
-            saved = json.loads((Path(folder) / "meta.json").read_text())
+            folder = Path(folder)
+            if not (folder / CHECKPOINT_MARKER).exists():
+                raise ValueError(f"--resume_from_checkpoint {folder}: not a complete checkpoint (no {CHECKPOINT_MARKER} marker)")
+            newer = [c.name for c in checkpoint_folders(out) if int(c.name.removeprefix("checkpoint-")) >
+                     int(folder.name.removeprefix("checkpoint-"))] if folder.parent.resolve() == out.resolve() else []
+            if newer:  # they belong to the future this resume abandons: moving them is the user's decision
+                raise ValueError(f"--resume_from_checkpoint {folder}: {out} holds newer checkpoints {newer}; move them away "
+                                 "or resume from latest")
+            saved = json.loads((folder / "meta.json").read_text())
             for k, v in meta.items():
                 if json.loads(json.dumps(saved.get(k))) != json.loads(json.dumps(v, default=str)):
                     raise ValueError(f"--resume_from_checkpoint {folder}: it was written with {k}={saved.get(k)!r}, "
                                      f"this run has {k}={v!r}; resume with the same settings")
             step = load_checkpoint(folder, model, optimizer, lr_scheduler, ema)["step"]
+    if main and (out / "metrics.jsonl").exists():  # keep the log of the steps the checkpoint holds, drop the rest
+        kept = [l for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+        (out / "metrics.jsonl").write_text("".join(l + "\n" for l in kept))
+    _barrier()
     metrics, batches = [], _batches(sampler, step * config.gradient_accumulation_steps)
     mine = slice(state.dp_rank * per_group, (state.dp_rank + 1) * per_group)
     model.train()
@@ -466,7 +524,7 @@ def _train(config, model, progress, model_path, state, tqdm):
     bar = tqdm(total=config.max_train_steps, initial=step, disable=not (progress and main), desc="train", unit="step")
     try:
         while step < config.max_train_steps:
-            start, total, tokens = time.perf_counter(), torch.zeros(()), 0
+            start, total, tokens = time.perf_counter(), torch.zeros((), device=device), 0
             for micro in range(config.gradient_accumulation_steps):
                 epoch, indices = next(batches)
                 dataset.set_epoch(epoch)
@@ -475,7 +533,8 @@ def _train(config, model, progress, model_path, state, tqdm):
                 sigmas = sample_sigmas(len(indices), config.weighting_scheme, config.logit_mean, config.logit_std, g)[mine]
                 noise = torch.randn((len(indices), *shape), generator=g)[mine]
                 batch = collate_latents([dataset[i] for i in indices[mine]])
-                latents, frames = batch["latents"], shape[1]
+                latents, frames = batch["latents"].to(device), shape[1]
+                sigmas, noise = sigmas.to(device), noise.to(device)
                 if config.num_latent_t and frames > config.num_latent_t:  # the first frames: a causal VAE's are a clip
                     frames = config.num_latent_t
                     latents, noise = latents[:, :, :frames], noise[:, :, :frames]
@@ -483,9 +542,9 @@ def _train(config, model, progress, model_path, state, tqdm):
                 if state.sp_size > 1:  # this rank's frames of each sample; the loss is its share of the sample's mean
                     latents, noise = shard(latents, 2), shard(noise, 2)
                     weights, kwargs = _sp_frame_weights(len(latents), frames, latents.device), {"num_frames": frames}
-                    denominator = torch.tensor(float(len(batch["latents"]) * frames * shape[0] * shape[2] * shape[3]))
+                    denominator = torch.tensor(float(len(batch["latents"]) * frames * shape[0] * shape[2] * shape[3]), device=device)
                 with autocast():
-                    loss = flow_matching_loss(model, latents, batch["prompt_embeds"], batch["prompt_attention_mask"], sigmas,
+                    loss = flow_matching_loss(model, latents, batch["prompt_embeds"].to(device), batch["prompt_attention_mask"].to(device), sigmas,
                                               noise, frame_weights=weights, denominator=denominator,
                                               compute_dtype=compute if state.world_size > 1 else None, **kwargs)
                 # FSDP averages gradients over all processes; an SP group's shares sum to its samples' loss
@@ -516,10 +575,9 @@ def _train(config, model, progress, model_path, state, tqdm):
     finally:
         bar.close()
         if log is not None: log.close()
+    if model_path is not None: export_model_folder(model, model_path, out / "final", ema)  # collective: before rank 0 alone
     if main:
         logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        latest = {m["step"]: m for m in logged}  # a resumed run logs the steps after its checkpoint again: keep the last
-        plot_losses([latest[s] for s in sorted(latest)], out / "loss.png")
-    if model_path is not None: export_model_folder(model, model_path, out / "final", ema)
+        plot_losses(logged, out / "loss.png")
     return metrics
 

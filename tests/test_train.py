@@ -167,6 +167,12 @@ def test_resume_on_two_processes_with_ema_is_bit_identical(tmp_path):
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
     a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")  # the EMA weights (--ema_decay 0.9)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # and they are the EMA's: one process with the same global batch exports the same average (raw weights would
+    # differ from it by far more than the float-order noise allowed here)
+    one = subprocess.run(train_cmd(data, tmp_path / "one", "--max_train_steps", "8"), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    loss_rel, weight_rel = compare_runs(tmp_path / "full", tmp_path / "one")
+    assert loss_rel <= 1e-5 and weight_rel <= 2e-3, (loss_rel, weight_rel)
 
 
 def test_validation_during_training(tmp_path, capsys):
