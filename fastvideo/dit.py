@@ -447,7 +447,8 @@ def unpatchify(self: MochiDiT, x, silu_conditioning, shape):
     "Visual tokens [B, T*h*w, dim] -> the flow [B, C, T, H, W] (`shape`: the latents')."
     B, _, T, H, W = shape
     p = self.config.patch_size
-    x = self.proj_out(self.norm_out(x, silu_conditioning))
+    h = self.norm_out(x, silu_conditioning)
+    x = self.proj_out(h.flatten(0, 1)).unflatten(0, h.shape[:2])  # 2-D: a fresh tensor, not a view (FSDP2 warns on views)
     return x.view(B, T, H // p, W // p, p, p, -1).permute(0, 6, 1, 2, 4, 3, 5).reshape(B, -1, T, H, W)
 
 # %% ../nbs/03_dit.ipynb #8e22dd1d

@@ -132,11 +132,9 @@ def shard_model(model: nn.Module, mesh=None, param_dtype: torch.dtype | None = N
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype, cast_forward_inputs=False)
     for block in model.transformer_blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    for name in ("patch_embed", "time_embed", "norm_out", "proj_out"):  # the root's layers compute as the blocks do
-        if hasattr(model, name): fully_shard(getattr(model, name), mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    # what is left on the root, the RoPE frequencies, is never cast: angles of ~100 rad need fp32
-    root_policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=reduce_dtype, cast_forward_inputs=False)
-    fully_shard(model, mesh=mesh, mp_policy=root_policy, reshard_after_forward=reshard_after_forward)
+    # the root group (embeddings, final layer, RoPE frequencies) computes in `param_dtype` too: under a bf16 policy the
+    # RoPE frequencies are all-gathered in bf16 for the forward (the fp32 master copy is what the optimizer updates)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     return model
 
 # %% ../nbs/07_train.ipynb #bde7ff4e
@@ -452,10 +450,7 @@ def train(config: TrainConfig, model: nn.Module, progress: bool = True, model_pa
     from tqdm.auto import tqdm
     state = init_distributed(config.sp_size, timeout_s=3600)  # the others wait at barriers while rank 0 validates
     try:
-        with warnings.catch_warnings():
-            # FSDP2 warns that the sharded output projection returns a view (against in-place ops on it): we do none
-            warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPLinear\) returned a view tensor")
-            return _train(config, model, progress, model_path, state, tqdm)
+        return _train(config, model, progress, model_path, state, tqdm)
     finally:
         destroy_distributed()
 
@@ -476,10 +471,8 @@ def _train(config, model, progress, model_path, state, tqdm):
     check_dataset(dataset, model)
     device = torch.device("cuda", state.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
-    if config.master_weight_type == "bf16":
+    if config.master_weight_type == "bf16":  # every weight, the RoPE frequencies too: FSDP2 wants one dtype per group
         model.to(torch.bfloat16)
-        for name, p in model.named_parameters():  # the fp32-kept modules (the RoPE frequencies) stay fp32
-            if any(k in name for k in getattr(model, "_keep_in_fp32_modules", None) or ()): p.data = p.data.float()
     compute = torch.bfloat16 if config.mixed_precision == "bf16" else None
     if state.world_size > 1: shard_model(model, sharding_mesh(config.fsdp_sharding), param_dtype=compute)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
