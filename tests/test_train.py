@@ -45,6 +45,19 @@ def train_cmd(data, out, *extra):
             "--gradient_accumulation_steps", "2", "--ema_decay", "0.9", "--cfg", "0.2", *extra]
 
 
+def run_one(data, out, *extra):
+    "`fastvideo train` on one process, one thread (as each torchrun rank here); fails the test with its stderr if it fails."
+    done = subprocess.run(train_cmd(data, out, *extra), capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def run_two(data, out, *extra):
+    "`fastvideo train` under torchrun on two processes; fails the test with their output if it fails."
+    done = torchrun(["-m", *train_cmd(data, out, *extra)[2:]], nproc_per_node=2, timeout=300, capture=True)
+    assert done.returncode == 0, done.stdout[-4000:]
+
+
 def losses(out):  # the last logged loss of each step (a resumed run logs the steps after its checkpoint again)
     logged = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
     return {m["step"]: m["loss"] for m in logged}
@@ -53,8 +66,7 @@ def losses(out):  # the last logged loss of each step (a resumed run logs the st
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     data = tiny_dataset(tmp_path / "data")
-    done = subprocess.run(train_cmd(data, tmp_path / "full"), env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_one(data, tmp_path / "full")
     proc = subprocess.Popen(train_cmd(data, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while not (tmp_path / "killed" / "checkpoint-8" / "COMPLETE").exists():
@@ -116,11 +128,9 @@ def test_two_processes_and_sequence_parallel_equal_one(tmp_path):
     "1 process with 2 samples a batch == 2 data-parallel processes with 1 each == SP 2 (both on each sample's frames)."
     data = tiny_dataset(tmp_path / "data")
     short = ("--max_train_steps", "6", "--checkpointing_steps", "0", "--ema_decay", "0")
-    one = subprocess.run(train_cmd(data, tmp_path / "one", *short), capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    run_one(data, tmp_path / "one", *short)
     for name, extra in (("dp2", ("--train_batch_size", "1")), ("sp2", ("--sp_size", "2"))):
-        done = torchrun(["-m", *train_cmd(data, tmp_path / name, *short, *extra)[2:]], nproc_per_node=2, timeout=300, capture=True)
-        assert done.returncode == 0, done.stdout[-4000:]
+        run_two(data, tmp_path / name, *short, *extra)
         loss_rel, weight_rel = compare_runs(tmp_path / name, tmp_path / "one")
         # every step's loss to 1e-5; weights after 6 AdamW steps to 2e-3: Adam divides each gradient by its own size,
         # so where a gradient is small, the float-sum order (other on 2 processes) moves the update (4e-4 measured;
@@ -133,8 +143,7 @@ def test_two_loopback_nodes_and_sharding_modes_equal_one_process(tmp_path):
     import socket
     data = tiny_dataset(tmp_path / "data")
     short = ("--max_train_steps", "4", "--checkpointing_steps", "0", "--ema_decay", "0")
-    one = subprocess.run(train_cmd(data, tmp_path / "one", *short), capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    run_one(data, tmp_path / "one", *short)
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
     args = train_cmd(data, tmp_path / "nodes", *short, "--train_batch_size", "1")[2:]
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={r}",
@@ -143,10 +152,8 @@ def test_two_loopback_nodes_and_sharding_modes_equal_one_process(tmp_path):
              for r in (0, 1)]
     outs = [n.communicate(timeout=300)[0] for n in nodes]
     assert all(n.returncode == 0 for n in nodes), outs[0][-3000:] + outs[1][-3000:]
-    for name, sharding in (("none", "none"), ("hybrid", "hybrid")):
-        done = torchrun(["-m", *train_cmd(data, tmp_path / name, *short, "--train_batch_size", "1", "--fsdp_sharding", sharding)[2:]],
-                        nproc_per_node=2, timeout=300, capture=True)
-        assert done.returncode == 0, done.stdout[-4000:]
+    for name in ("none", "hybrid"):
+        run_two(data, tmp_path / name, *short, "--train_batch_size", "1", "--fsdp_sharding", name)
     for name in ("nodes", "none", "hybrid"):
         loss_rel, weight_rel = compare_runs(tmp_path / name, tmp_path / "one")
         assert loss_rel <= 1e-5 and weight_rel <= 2e-3, (name, loss_rel, weight_rel)
@@ -156,10 +163,7 @@ def test_resume_on_two_processes_with_ema_is_bit_identical(tmp_path):
     "EMA tensors are DTensors sharded as the parameters: a 2-process save and resume must restore every rank's shard."
     import shutil
     data = tiny_dataset(tmp_path / "data")
-    def run(out, steps, *extra):
-        done = torchrun(["-m", *train_cmd(data, out, "--max_train_steps", str(steps), "--train_batch_size", "1", *extra)[2:]],
-                        nproc_per_node=2, timeout=300, capture=True)
-        assert done.returncode == 0, done.stdout[-4000:]
+    def run(out, steps, *extra): run_two(data, out, "--max_train_steps", str(steps), "--train_batch_size", "1", *extra)
     run(tmp_path / "full", 8)
     run(tmp_path / "cut", 6)
     shutil.rmtree(tmp_path / "cut" / "checkpoint-6"); shutil.rmtree(tmp_path / "cut" / "final")  # as if killed after step 4's save
@@ -169,8 +173,7 @@ def test_resume_on_two_processes_with_ema_is_bit_identical(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # and they are the EMA's: one process with the same global batch exports the same average (raw weights would
     # differ from it by far more than the float-order noise allowed here)
-    one = subprocess.run(train_cmd(data, tmp_path / "one", "--max_train_steps", "8"), capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    run_one(data, tmp_path / "one", "--max_train_steps", "8")
     loss_rel, weight_rel = compare_runs(tmp_path / "full", tmp_path / "one")
     assert loss_rel <= 1e-5 and weight_rel <= 2e-3, (loss_rel, weight_rel)
 
@@ -195,15 +198,10 @@ def test_bf16_mixed_precision_and_master_weights_track_fp32(tmp_path):
     "bf16 compute (FSDP2's policy on 2 processes, autocast on 1) and bf16 master weights stay within 5% of fp32's losses."
     data = tiny_dataset(tmp_path / "data")
     short = ("--max_train_steps", "6", "--checkpointing_steps", "0", "--ema_decay", "0")
-    fp32 = subprocess.run(train_cmd(data, tmp_path / "fp32", *short), capture_output=True, text=True, timeout=300)
-    assert fp32.returncode == 0, fp32.stderr[-3000:]
-    one = subprocess.run(train_cmd(data, tmp_path / "bf16_1", *short, "--mixed_precision", "bf16"), capture_output=True,
-                         text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    run_one(data, tmp_path / "fp32", *short)
+    run_one(data, tmp_path / "bf16_1", *short, "--mixed_precision", "bf16")
     for name, extra in (("bf16_2", ("--mixed_precision", "bf16")), ("master_bf16", ("--master_weight_type", "bf16"))):
-        done = torchrun(["-m", *train_cmd(data, tmp_path / name, *short, "--train_batch_size", "1", *extra)[2:]],
-                        nproc_per_node=2, timeout=300, capture=True)
-        assert done.returncode == 0, done.stdout[-4000:]
+        run_two(data, tmp_path / name, *short, "--train_batch_size", "1", *extra)
     ref = losses(tmp_path / "fp32")
     for name in ("bf16_1", "bf16_2", "master_bf16"):
         got = losses(tmp_path / name)
