@@ -20,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from fastvideo.config import DiTConfig, preset  # noqa: E402
+from fastvideo.data import random_latent_dataset  # noqa: E402
 from fastvideo.dit import MochiDiT, randomize_parameters  # noqa: E402
 from fastvideo.launch import torchrun  # noqa: E402
 from fastvideo.train import flow_matching_loss, make_lr_scheduler, make_optimizer, optimizer_step  # noqa: E402
@@ -33,15 +34,7 @@ LATENT = (12, 4, 8, 14)  # the toy clip's latents
 
 
 def dataset(root: Path, n: int = 8) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    g, items = torch.Generator().manual_seed(0), []
-    for i in range(n):
-        torch.save(torch.stack([torch.randn(*LATENT, generator=g), 0.1 * torch.rand(*LATENT, generator=g)]), root / f"l{i}.pt")
-        torch.save(torch.randn(16, 32, generator=g), root / f"e{i}.pt"); torch.save(torch.arange(16) < 6 + i, root / f"m{i}.pt")
-        items.append({"latent_path": f"l{i}.pt", "prompt_embed_path": f"e{i}.pt", "prompt_attention_mask": f"m{i}.pt",
-                      "latent_shape": list(LATENT), "caption": f"item {i}"})
-    (root / "data.json").write_text(json.dumps(items))
-    return root / "data.json"
+    return random_latent_dataset(root, [LATENT] * n, text_tokens=16, seed=0)
 
 
 def cli_run(data, out, nproc, *extra):

@@ -91,8 +91,8 @@ _PRESETS = {
     "mochi-10b": lambda: Preset("mochi-10b"),
     "toy": lambda: Preset(
         "toy",
-        dit=DiTConfig(num_attention_heads=4, attention_head_dim=16, num_layers=4, pooled_projection_dim=48,
-                      text_embed_dim=32, time_embed_dim=32, max_sequence_length=16),
+        dit=DiTConfig(num_attention_heads=4, attention_head_dim=32, num_layers=6, pooled_projection_dim=64,
+                      text_embed_dim=32, time_embed_dim=64, max_sequence_length=16),  # the teacher 07_train trains
         vae=VAEConfig(encoder_block_out_channels=(32, 32, 64, 64), decoder_block_out_channels=(32, 32, 64, 64),
                       layers_per_block=(0, 1, 1, 1, 1), add_attention_block=(False, False, False, False, False)),
         text=TextEncoderConfig(d_model=32, max_sequence_length=16, num_layers=2, num_heads=2, d_kv=16, d_ff=64,

@@ -27,9 +27,9 @@ from .models import (ENCODER_PARTS, Encoders, default_device, denormalize_latent
 __all__ = ['IMAGE_SUFFIXES', 'BATCH_PIXELS', 'DataError', 'read_merge_file', 'MediaItem', 'read_items', 'resize_crop',
            'frame_indices', 'load_clip', 'item_files', 'encode_clips', 'encode_item', 'encode_validation_prompts',
            'NoItemsError', 'auto_batch_size', 'PreprocessRun', 'preprocess', 'add_preprocess', 'main', 'LatentDataset',
-           'BucketBatchSampler', 'collate_latents', 'check_clip_size', 'ENCODER_PARTS', 'Encoders', 'load_encoders',
-           'encode_prompts', 'encode_video', 'empty_prompt', 'normalize_latents', 'denormalize_latents',
-           'resolve_model_path', 'sample_latents']
+           'BucketBatchSampler', 'collate_latents', 'random_latent_dataset', 'check_clip_size', 'ENCODER_PARTS',
+           'Encoders', 'load_encoders', 'encode_prompts', 'encode_video', 'empty_prompt', 'normalize_latents',
+           'denormalize_latents', 'resolve_model_path', 'sample_latents']
 
 # %% ../nbs/02_data.ipynb #29f6f7a8
 class DataError(ValueError):
@@ -485,3 +485,19 @@ def collate_latents(batch: list) -> dict:
     "Stack a bucket's items (all the same latent shape) into one batch."
     out = {k: torch.stack([b[k] for b in batch]) for k in ("latents", "prompt_embeds", "prompt_attention_mask")}
     return out | {"caption": [b["caption"] for b in batch], "index": torch.tensor([b["index"] for b in batch])}
+
+# %% ../nbs/02_data.ipynb #7f621f44
+def random_latent_dataset(root, shapes, text_tokens: int = 16, text_dim: int = 32, seed: int = 0) -> Path:
+    """Write a data set in preprocessing's layout with random contents, one item per latent shape in `shapes`
+    ((C, T, H, W)); item i's caption has 3 + i % (text_tokens - 2) real tokens (at most all). Returns its data.json."""
+    root = Path(root); root.mkdir(parents=True, exist_ok=True)
+    g, items = torch.Generator().manual_seed(seed), []
+    for i, shape in enumerate(shapes):
+        shape = tuple(int(s) for s in shape)
+        torch.save(torch.stack([torch.randn(shape, generator=g), 0.1 * torch.rand(shape, generator=g)]), root / f"latent_{i}.pt")
+        torch.save(torch.randn(text_tokens, text_dim, generator=g), root / f"embed_{i}.pt")
+        torch.save(torch.arange(text_tokens) < 3 + i % max(1, text_tokens - 2), root / f"mask_{i}.pt")
+        items.append({"latent_path": f"latent_{i}.pt", "prompt_embed_path": f"embed_{i}.pt", "prompt_attention_mask": f"mask_{i}.pt",
+                      "latent_shape": list(shape), "length": shape[1], "caption": f"item {i}"})
+    media.write_text(root / "data.json", json.dumps(items, indent=1) + "\n")
+    return root / "data.json"

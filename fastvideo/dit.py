@@ -21,11 +21,11 @@ from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_la
 from .config import DiTConfig, preset
 
 # %% auto #0
-__all__ = ['DiTOutput', 'randomize_parameters', 'PatchEmbed', 'timestep_features', 'TimestepMLP', 'CaptionPool',
-           'TimeCaptionEmbed', 'rope_positions', 'rope_angles', 'rope_rotation', 'apply_rope', 'modulated',
-           'gated_residual', 'Modulation', 'LastTextModulation', 'HeadRMSNorm', 'SwiGLUProj', 'FeedForward',
-           'JointAttention', 'MochiBlock', 'FinalLayer', 'MochiDiT', 'genmo_to_diffusers', 'genmo_state_dict',
-           'attention', 'joint_attention']
+__all__ = ['DiTOutput', 'ROPE_TIME_WAVELENGTHS', 'ROPE_SPACE_WAVELENGTHS', 'randomize_parameters', 'PatchEmbed',
+           'timestep_features', 'TimestepMLP', 'CaptionPool', 'TimeCaptionEmbed', 'rope_positions', 'rope_angles',
+           'rope_rotation', 'apply_rope', 'modulated', 'gated_residual', 'Modulation', 'LastTextModulation',
+           'HeadRMSNorm', 'SwiGLUProj', 'FeedForward', 'JointAttention', 'MochiBlock', 'FinalLayer', 'MochiDiT',
+           'init_weights', 'genmo_to_diffusers', 'genmo_state_dict', 'attention', 'joint_attention']
 
 # %% ../nbs/03_dit.ipynb #2fcf0d28
 from .fast_dit import f32, fused_linear, norm_rope, rms_scale, swiglu, unhooked  # the fused parts (03a_fast_dit)
@@ -507,6 +507,33 @@ def from_config(cls: MochiDiT, config=None, return_unused_kwargs: bool = False, 
         for name, p in model.named_parameters():
             if any(k in name for k in cls._keep_in_fp32_modules or ()): p.data = p.data.float()
     return out
+
+# %% ../nbs/03_dit.ipynb #16c0a783
+ROPE_TIME_WAVELENGTHS = (4.0, 64.0)     # frames: the shortest and longest wave of the time pairs
+ROPE_SPACE_WAVELENGTHS = (72.0, 1152.0)  # position units (a frame spans ~192 x 192 units of area)
+
+@torch.no_grad()
+def init_weights(model: nn.Module, seed: int = 0) -> nn.Module:
+    "The kit's initialisation for training a MochiDiT from scratch: Xavier Linears, adaLN-Zero, zero output, RoPE-Mixed frequencies."
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):  # the patch embedding's Conv2d is a Linear over a patch
+            nn.init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1), generator=gen)
+            if module.bias is not None: module.bias.zero_()
+    for module in model.modules():
+        if isinstance(module, (Modulation, LastTextModulation, FinalLayer)):
+            for p in module.parameters(): p.zero_()
+    model.proj_out.weight.zero_(); model.proj_out.bias.zero_()
+    _, heads, pairs = model.pos_frequencies.shape
+    n_time = pairs // 4
+    log_waves = lambda lo_hi, n: torch.logspace(math.log10(lo_hi[0]), math.log10(lo_hi[1]), n)
+    frequencies = torch.zeros(3, heads, pairs)
+    frequencies[0, :, :n_time] = 2 * math.pi / log_waves(ROPE_TIME_WAVELENGTHS, n_time)
+    space = 2 * math.pi / log_waves(ROPE_SPACE_WAVELENGTHS, pairs - n_time)
+    direction = 2 * math.pi * torch.rand(heads, pairs - n_time, generator=gen)
+    frequencies[1, :, n_time:], frequencies[2, :, n_time:] = space * torch.cos(direction), space * torch.sin(direction)
+    model.pos_frequencies.copy_(frequencies.to(model.pos_frequencies))
+    return model
 
 # %% ../nbs/03_dit.ipynb #be07c060
 from diffusers.utils.constants import SAFE_WEIGHTS_INDEX_NAME as INDEX_NAME, SAFETENSORS_WEIGHTS_NAME as WEIGHTS_NAME

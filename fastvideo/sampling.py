@@ -25,9 +25,9 @@ from .schedulers import SCHEDULER_TYPES, Schedule, euler_step, make_schedule
 
 # %% auto #0
 __all__ = ['VIDEO_SETTINGS', 'CONTACT_SHEET_MAX', 'Pipeline', 'read_prompts', 'encode', 'prepare_latents', 'denoise', 'decode',
-           'to_uint8', 'load_pipeline', 'latent_shape', 'generate', 'slug', 'SampleRun', 'model_fingerprint', 'sample',
-           'settings_differences', 'videos_to_make', 'add_sample', 'PIPELINE_PARTS', 'check_model_folder',
-           'add_toy_transformer']
+           'to_uint8', 'load_pipeline', 'latent_shape', 'default_video', 'generate', 'slug', 'SampleRun',
+           'model_fingerprint', 'sample', 'settings_differences', 'videos_to_make', 'add_sample', 'toy_scores',
+           'PIPELINE_PARTS', 'check_model_folder', 'add_toy_transformer']
 
 # %% ../nbs/06_sampling.ipynb #0b19af90
 @dataclass
@@ -138,8 +138,14 @@ def latent_shape(pipe: Pipeline, num_frames: int, height: int, width: int) -> tu
     return (pipe.transformer.config.in_channels, vae.latent_frames(num_frames),
             height // vae.spatial_compression, width // vae.spatial_compression)
 
-def _default_video(model_path):
-    return preset("toy" if str(model_path) == "toy" else "mochi-10b").video
+def default_video(model_path):
+    """The clip size and frame rate a folder samples at by default: the toy world's for the toy family (`'toy'`, or a
+    folder trained from it: its VAE is the toy's), else Mochi's 163 x 480 x 848 at 30 fps."""
+    if str(model_path) == "toy": return preset("toy").video
+    try: vae = json.loads((Path(model_path) / "vae" / "config.json").read_text())
+    except (OSError, ValueError): vae = {}
+    toy_vae = vae.get("encoder_block_out_channels") == list(preset("toy").vae.encoder_block_out_channels)
+    return preset("toy" if toy_vae else "mochi-10b").video
 
 def _check_guidance(guidance_scale):
     if not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:  # `not >=` also catches NaN
@@ -150,7 +156,7 @@ def _clip_and_schedule(model_path, num_frames, height, width, scheduler_type, nu
                        **schedule_args):
     "Clip size (the preset's where not given), checked, and the sigma schedule; fails before any model loads."
     _check_guidance(guidance_scale)
-    video = _default_video(model_path)
+    video = default_video(model_path)
     num_frames, height, width = num_frames or video.num_frames, height or video.height, width or video.width
     check_clip_size(num_frames, height, width)
     return num_frames, height, width, make_schedule(scheduler_type, num_inference_steps, **schedule_args)
@@ -256,7 +262,7 @@ def sample(model_path, prompt=None, prompt_path=None, output_path="outputs/sampl
     root = check_model_folder(model_path)
     run = SampleRun(str(model_path), read_prompts(prompt, prompt_path), out, negative_prompt, num_frames, height, width,
                     num_inference_steps, guidance_scale, scheduler_type, seed, linear_threshold, linear_range,
-                    num_euler_timesteps, shift, float(fps or _default_video(model_path).fps), batch_size,
+                    num_euler_timesteps, shift, float(fps or default_video(model_path).fps), batch_size,
                     str(torch_dtype).removeprefix("torch."), bool(vae_tiling), model_fingerprint(root))
     if torch.distributed.is_initialized() or ("WORLD_SIZE" not in os.environ and sp_size == 1):
         return _sample(run, overwrite)  # single process, or a caller (a launched notebook) owns the groups
@@ -367,3 +373,21 @@ def add_sample(sub):
         if int(os.environ.get("RANK", "0")) == 0:  # one closing line per run, not one per process
             print(f"{len(paths)} videos, contact_sheet.png and settings.json in {a.output_path}")
     p.set_defaults(func=run)
+
+# %% ../nbs/06_sampling.ipynb #52cd9cae
+def toy_scores(model_path="toy", seeds=(0, 1), num_inference_steps: int = 64, guidance_scale: float = 4.5,
+               scheduler_type: str = "euler", captions=None, pipeline: Pipeline | None = None,
+               return_videos: bool = False, progress: bool = True, **generate_kwargs):
+    """The toy scorer's accuracy per attribute (and their `mean`, over `n` videos) of a model sampling every caption in
+    `captions` (default: the world's 90) from every seed in `seeds`; with `return_videos`, also the uint8 videos."""
+    captions = list(captions) if captions is not None else toy.all_captions()
+    v = toy.TOY_VIDEO  # the world's clip size, whatever the folder's own defaults
+    generate_kwargs = {"num_frames": v.num_frames, "height": v.height, "width": v.width} | generate_kwargs
+    pipe = pipeline or load_pipeline(model_path)
+    videos = []
+    for seed in tqdm(seeds, desc="toy scores", unit="seed", disable=not progress):
+        frames = generate(model_path, captions, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                          scheduler_type=scheduler_type, seed=seed, pipeline=pipe, progress=False, **generate_kwargs)
+        videos += [to_uint8(f) for f in frames]
+    scores = toy.score_many(videos, captions * len(seeds))
+    return (scores, videos) if return_videos else scores

@@ -20,8 +20,8 @@ _all_ = ["read_media", "read_video", "write_jpg", "write_mp4", "write_text"]
 
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'MOTIONS', 'BACKGROUND', 'TOY_VIDEO', 'MARGIN', 'BRIGHT', 'STILL_PIXELS', 'caption_for',
-           'parse_caption', 'ClipSpec', 'sample_spec', 'shape_mask', 'render', 'frame_grid', 'to_gif', 'score',
-           'score_many', 'item_spec', 'make_dataset', 'model_path', 'read_media', 'read_video', 'write_jpg',
+           'all_captions', 'parse_caption', 'ClipSpec', 'sample_spec', 'shape_mask', 'render', 'frame_grid', 'to_gif',
+           'score', 'score_many', 'item_spec', 'make_dataset', 'model_path', 'read_media', 'read_video', 'write_jpg',
            'write_mp4', 'write_text']
 
 # %% ../nbs/01_toy.ipynb #1f9581e8
@@ -36,6 +36,10 @@ TOY_VIDEO = preset("toy").video  # the clip size (19 frames, 64 x 112, 8 fps): t
 def caption_for(color: str, shape: str, motion: str) -> str:
     "The one caption the grammar gives a clip."
     return f"a {color} {shape} staying still" if motion == "still" else f"a {color} {shape} moving {motion}"
+
+def all_captions() -> list:
+    "Every caption of the world (6 colors x 3 shapes x 5 motions = 90), in a fixed order."
+    return [caption_for(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS]
 
 _CAPTION = re.compile(r"a (\w+) (\w+) (?:moving (\w+)|staying (still))")
 

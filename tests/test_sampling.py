@@ -253,7 +253,7 @@ def test_demo_rerun_with_other_sample_steps(tmp_path, capsys):
         demo(tmp_path / "d", n_videos=3, n_images=1, sample_steps=1)
     report = demo(tmp_path / "d", n_videos=2, n_images=1, sample_steps=2, overwrite=True)
     assert json.loads((tmp_path / "d/samples/000_a_red_circle_moving_left.json").read_text())["num_inference_steps"] == 2
-    assert report["samples"]["n"] == 5
+    assert report["samples"]["n"] == 6
 
 
 def test_a_changed_model_folder_is_named(tmp_path):

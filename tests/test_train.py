@@ -25,18 +25,8 @@ from safetensors.torch import load_file
 
 def tiny_dataset(root: Path, n: int = 8) -> Path:
     "Preprocessing's layout for the toy model (12 latent channels, 32-wide captions of 16 tokens): videos and images."
-    root.mkdir(parents=True, exist_ok=True)
-    g, items = torch.Generator().manual_seed(3), []
-    for i in range(n):
-        frames = 2 if i % 4 else 1
-        posterior = torch.stack([torch.randn(12, frames, 4, 4, generator=g), 0.1 * torch.rand(12, frames, 4, 4, generator=g)])
-        torch.save(posterior, root / f"latent_{i}.pt")
-        torch.save(torch.randn(16, 32, generator=g), root / f"embed_{i}.pt")
-        torch.save(torch.arange(16) < 4 + i, root / f"mask_{i}.pt")
-        items.append({"latent_path": f"latent_{i}.pt", "prompt_embed_path": f"embed_{i}.pt",
-                      "prompt_attention_mask": f"mask_{i}.pt", "latent_shape": [12, frames, 4, 4], "caption": f"item {i}"})
-    (root / "data.json").write_text(json.dumps(items))
-    return root / "data.json"
+    from fastvideo.data import random_latent_dataset
+    return random_latent_dataset(root, [(12, 2 if i % 4 else 1, 4, 4) for i in range(n)], text_tokens=16, seed=3)
 
 
 def train_cmd(data, out, *extra):
@@ -74,7 +64,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL); proc.wait()
     assert not (tmp_path / "killed" / "final").exists()  # killed mid-run, not after it
-    again = subprocess.run(train_cmd(data, tmp_path / "killed", "--resume_from_checkpoint", "latest"), env=env,
+    # resumed with a loader process working ahead of the step: the same batches, in the same order
+    again = subprocess.run(train_cmd(data, tmp_path / "killed", "--resume_from_checkpoint", "latest", "--dataloader_num_workers", "1"), env=env,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert losses(tmp_path / "killed") == losses(tmp_path / "full")  # every step's loss, bit for bit
@@ -92,6 +83,8 @@ def test_bad_input_is_named(tmp_path, capsys):
         return 0, capsys.readouterr().err
     code, err = run("--train_batch_size", "0")
     assert code == 2 and "--train_batch_size 0: expected a positive integer" in err, err
+    code, err = run("--dataloader_num_workers", "-1")
+    assert code == 2 and "--dataloader_num_workers -1: expected an integer >= 0" in err, err
     items = json.loads(data.read_text()); del items[1]["latent_path"]
     (tmp_path / "data" / "broken.json").write_text(json.dumps(items))
     code, err = run(data=tmp_path / "data" / "broken.json")
@@ -108,6 +101,21 @@ def test_bad_input_is_named(tmp_path, capsys):
     code, err = run("--max_train_steps", "6", "--resume_from_checkpoint", "latest")  # resumes from checkpoint-4
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_from_scratch_starts_at_the_kits_initialisation(tmp_path):
+    "`--from_scratch`: the toy folder's config, `init_weights(seed)`'s values (not its weights), then AdamW's small steps."
+    from fastvideo import toy
+    from fastvideo.dit import MochiDiT, init_weights
+    data = tiny_dataset(tmp_path / "data")
+    run_one(data, tmp_path / "out", "--from_scratch", "--seed", "7", "--max_train_steps", "2", "--checkpointing_steps", "0",
+            "--gradient_accumulation_steps", "1", "--ema_decay", "0")
+    trained = final_weights(tmp_path / "out")
+    start = init_weights(MochiDiT.from_config("toy"), seed=7).state_dict()
+    shipped = load_file(toy.model_path() / "transformer" / "diffusion_pytorch_model.safetensors")
+    # AdamW moves each weight by at most ~lr per step (plus the decay), so 2 steps at 1e-3 stay within 2.1e-3
+    assert max((trained[k] - start[k]).abs().max().item() for k in start) <= 2.1e-3
+    assert trained["proj_out.weight"].abs().max() <= 2.1e-3 < shipped["proj_out.weight"].abs().max()  # zero at the start
 
 
 def final_weights(out):
