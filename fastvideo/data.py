@@ -229,6 +229,14 @@ def _holds_items(out: Path) -> bool:
     "Whether `out` holds any item file (finished or not; hidden temp files left by a kill do not count)."
     return any(not f.name.startswith(".") for d in _ITEM_FOLDERS if (out / d).is_dir() for f in (out / d).iterdir())
 
+def _sweep_temporaries(out: Path, keys: set):
+    """Remove the hidden temporary files a killed run left for the items in `keys` (those about to be encoded again
+    by this rank; another rank's files are never touched). A temporary is named `.<key>.<ext>.<random>.<ext>`."""
+    for d in _ITEM_FOLDERS:
+        if not (out / d).is_dir(): continue
+        for f in (out / d).iterdir():
+            if f.name.startswith(".") and f.name[1:].rsplit(".", 3)[0] in keys: f.unlink(missing_ok=True)
+
 def _check_settings(out: Path, settings: dict):
     """Raise `ValueError` if `out` holds items made with other settings than `settings`; writes nothing.
     Settings pinned by a run that wrote no item do not count: that folder holds nothing to mix with."""
@@ -356,6 +364,7 @@ def preprocess(data_merge_path, output_dir, model_path, num_frames: int = toy.TO
                             max_sequence_length=max_sequence_length)
         mine = items[rank::world]  # each rank its share of the items; finished ones are skipped
         todo = [it for it in mine if not item_files(run.out, it.key)["meta"].exists()]
+        _sweep_temporaries(run.out, {it.key for it in todo})  # what a kill left half-written goes before it is redone
         with tqdm(total=len(todo), desc=f"preprocess (rank {rank}/{world})", unit="item",
                   disable=rank != 0 or not progress) as bar:
             my_errors = _encode_items(run, enc, todo, (num_frames, height, width, train_fps), bar)

@@ -205,11 +205,14 @@ def test_sigkill_half_way_then_rerun_finishes_without_redoing(tmp_path):
     cmd = [PY, "-m", "fastvideo.data", "--data_merge_path", str(merge), "--output_dir", str(out), "--model_path", "toy"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "meta").glob("*.json"))) < 5: time.sleep(0.02)
+    finished = lambda: [p for p in (out / "meta").glob("*.json") if not p.name.startswith(".")]  # not a kill's temporaries
+    while time.time() < deadline and len(finished()) < 5: time.sleep(0.02)
     proc.send_signal(signal.SIGKILL); proc.wait(timeout=30)
-    done = {p.name: p.stat().st_mtime_ns for p in (out / "meta").glob("*.json")}
+    done = {p.name: p.stat().st_mtime_ns for p in finished()}
     assert 5 <= len(done) < 40, f"the kill should land part-way, found {len(done)} finished items"
     assert not (out / "videos2caption.json").exists()
+    pending = next(it.key for it in data.read_items(merge)[0] if f"{it.key}.json" not in done)  # and plant what a kill can leave
+    (out / "latent" / f".{pending}.pt.0123456789ab.pt").write_bytes(b"half-written")
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"({40 - len(done)} encoded now, {len(done)} done before)" in r.stderr
@@ -218,6 +221,8 @@ def test_sigkill_half_way_then_rerun_finishes_without_redoing(tmp_path):
     assert len(entries) == 40 and all((out / e["latent_path"]).is_file() for e in entries)
     for e in entries:  # nothing half-written is listed (a kill can leave a hidden temp file, never a listed one)
         for k in ("latent_path", "prompt_embed_path", "prompt_attention_mask"): torch.load(out / e[k])
+    left = [p for d in ("latent", "prompt_embed", "prompt_attention_mask", "meta") for p in (out / d).iterdir() if p.name.startswith(".")]
+    assert not left, f"the rerun should sweep away what the kill left half-written: {left}"
 
 
 @pytest.mark.parametrize("flag, value", [("num_frames", 13), ("height", 32), ("width", 48), ("train_fps", 4.0),
