@@ -221,7 +221,7 @@ def test_sigkill_half_way_then_rerun_finishes_without_redoing(tmp_path):
     assert len(entries) == 40 and all((out / e["latent_path"]).is_file() for e in entries)
     for e in entries:  # nothing half-written is listed (a kill can leave a hidden temp file, never a listed one)
         for k in ("latent_path", "prompt_embed_path", "prompt_attention_mask"): torch.load(out / e[k])
-    left = [p for d in ("latent", "prompt_embed", "prompt_attention_mask", "meta") for p in (out / d).iterdir() if p.name.startswith(".")]
+    left = [p for d in data._ITEM_FOLDERS for p in (out / d).iterdir() if p.name.startswith(".")]
     assert not left, f"the rerun should sweep away what the kill left half-written: {left}"
 
 
