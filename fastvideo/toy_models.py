@@ -97,6 +97,8 @@ class ToyVAERecipe:
     foreground_weight: float = 9.0  # extra loss weight on and near the object
     seed: int = 0                   # clips and initialisation
     kinds: list = field(default_factory=lambda: list(TOY_VAE_STEPS))  # (batch, frames, height, width) per step
+    decoder_only: bool = False      # train the decoder alone: the encoder, so every latent made with it, stays as it is
+    edge_weight: float = 0.0        # weight of the object-weighted gradient-difference loss (pays for soft corners)
 
     @property
     def total(self) -> int: return self.steps + self.final_steps
@@ -116,14 +118,25 @@ def _narrow_posterior(vae):
         w = vae.encoder.proj_out.weight  # (2 * channels, width), no bias; its input is SiLU(GroupNorm(.)), mean ~0.21
         w[vae.config.latent_channels:] = -8.0 / (w.shape[1] * 0.21)
 
+def _edge_loss(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    "Object-weighted L1 between the height and width differences of `y` and `x`: a rounded corner costs here what it barely costs in L1."
+    loss = 0
+    for dim in (3, 4):
+        w = weight.narrow(dim, 0, weight.shape[dim] - 1)
+        loss = loss + ((y.diff(dim=dim) - x.diff(dim=dim)).abs() * w).mean() / w.mean()
+    return loss
+
 def vae_loss(vae, x: torch.Tensor, recipe: ToyVAERecipe) -> tuple:
-    "The training loss of a batch (L1 + MSE, object-weighted, plus the KL per pixel) and the reconstruction."
-    posterior = vae.encode(x).latent_dist
-    y = vae.decode(posterior.sample()).sample
+    "The training loss of a batch (L1 + MSE, object-weighted, the KL per pixel and the edge loss) and the reconstruction."
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not recipe.decoder_only):
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample()
+    y = vae.decode(z).sample
     weight = _foreground_weight(x, recipe.foreground_weight)
     reconstruction = ((y - x).abs() + (y - x) ** 2).mul(weight).mean() / weight.mean()
     kl = posterior.kl().mean() / x[0].numel()  # diffusers sums the KL over latent values; per pixel, like the loss
-    return reconstruction + recipe.kl_weight * kl, y
+    edges = _edge_loss(y, x, weight) if recipe.edge_weight else 0.0
+    return reconstruction + recipe.kl_weight * kl + recipe.edge_weight * edges, y
 
 # %% ../nbs/02b_toy_models.ipynb #2e950be7
 def train_toy_vae(recipe: ToyVAERecipe | None = None, vae=None, threads: int = 1, log_every: int = 50,
@@ -135,8 +148,9 @@ def train_toy_vae(recipe: ToyVAERecipe | None = None, vae=None, threads: int = 1
     torch.set_num_threads(threads)  # the training machine is shared: stay on one core
     rng = np.random.default_rng(recipe.seed)
     if vae is None: vae = build_toy_vae(recipe.seed); _narrow_posterior(vae)
-    vae.train().requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
+    trained = vae.decoder if recipe.decoder_only else vae
+    vae.train().requires_grad_(False); trained.requires_grad_(True)
+    opt = torch.optim.AdamW(trained.parameters(), lr=recipe.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, recipe.lr_factor)
     held = _toy_batch(np.random.default_rng(10_000 + recipe.seed), 2, *TOY_VAE_FINAL[1:])
     start, log = time.time(), []
@@ -144,7 +158,7 @@ def train_toy_vae(recipe: ToyVAERecipe | None = None, vae=None, threads: int = 1
         x = _toy_batch(rng, *recipe.clip_kind(step))
         loss, y = vae_loss(vae, x, recipe)
         opt.zero_grad(set_to_none=True); loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
         opt.step(); schedule.step()
         if step % log_every == 0 or step == recipe.total - 1:
             with torch.no_grad(): y_held = vae.eval().decode(vae.encode(held).latent_dist.mode()).sample
