@@ -21,7 +21,7 @@ __all__ = ['DEMO_PROMPTS', 'SUBCOMMANDS', 'RESUME_HINTS', 'add_toy_data', 'demo'
 def _toy_data(args):
     merge = toy.make_dataset(args.output_dir, n_videos=args.n_videos, n_images=args.n_images, seed=args.seed,
                              num_frames=args.num_frames, height=args.height, width=args.width, fps=args.fps,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, object_sizes=args.object_sizes)
     print(f"wrote {args.n_videos} videos and {args.n_images} images; merge file: {merge}")
 
 def add_toy_data(sub):
@@ -35,6 +35,8 @@ def add_toy_data(sub):
     p.add_argument("--height", type=int, default=v.height, help="pixels, multiple of 16")
     p.add_argument("--width", type=int, default=v.width, help="pixels, multiple of 16")
     p.add_argument("--fps", type=float, default=v.fps, help="frames per second")
+    p.add_argument("--object_sizes", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                   help=f"only objects of these sizes, in pixels (default: the world's {toy.OBJECT_SIZES[0]:g} to {toy.OBJECT_SIZES[1]:g})")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=_toy_data)
 

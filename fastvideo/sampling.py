@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_sampling.ipynb #71f321ab
 from __future__ import annotations
-import hashlib, json, os, re, time
+import contextlib, hashlib, json, os, re, time
 from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,8 +167,11 @@ def generate(model_path, prompt, negative_prompt=None, num_frames: int | None = 
              scheduler_type: str = "euler", seed: int | None = None, latents: torch.Tensor | None = None,
              output_type: str = "np", linear_threshold: float = 0.025, linear_range: float = 0.5,
              num_euler_timesteps: int = 50, shift: float = 1.0, pipeline: Pipeline | None = None,
-             torch_dtype=torch.float32, device="cpu", vae_tiling: bool = False, progress: bool = True):
-    "Videos for `prompt` (str or list): float frames (B, T, H, W, 3) in [0, 1] for `'np'`, DiT latents for `'latent'`."
+             torch_dtype=torch.float32, device="cpu", vae_tiling: bool = False, progress: bool = True,
+             lora_path=None, lora_scale=1.0, fuse_lora: bool = False):
+    """Videos for `prompt` (str or list): float frames (B, T, H, W, 3) in [0, 1] for `'np'`, DiT latents for `'latent'`.
+    `lora_path` (one adapter file or folder, or a list) applies LoRA adapters at `lora_scale` (one, or one each) for
+    this call only; `fuse_lora` merges them into the weights meanwhile (see the LoRA lesson)."""
     num_frames, height, width, schedule = _clip_and_schedule(
         model_path, num_frames, height, width, scheduler_type, num_inference_steps, guidance_scale, num_euler_timesteps=num_euler_timesteps,
         linear_threshold=linear_threshold, linear_range=linear_range, shift=shift)
@@ -183,8 +186,13 @@ def generate(model_path, prompt, negative_prompt=None, num_frames: int | None = 
     latent_frames = shape[1]
     latents = broadcast(latents.to(pipe.device, pipe.dtype))  # one starting noise for the SP group; no-op without SP
     transformer = pipe.transformer if sp_size() == 1 else partial(pipe.transformer, num_frames=latent_frames)
-    latents = denoise(transformer, shard(latents, 2), embeds, mask, schedule, guidance_scale,
-                      progress=progress and is_main())
+    if lora_path is not None:
+        from fastvideo.lora import applied_loras
+        adapters = applied_loras(pipe.transformer, lora_path, lora_scale, fuse=fuse_lora)
+    else: adapters = contextlib.nullcontext()
+    with adapters:
+        latents = denoise(transformer, shard(latents, 2), embeds, mask, schedule, guidance_scale,
+                          progress=progress and is_main())
     latents = gather(latents, 2, length=latent_frames)  # every rank holds the whole clean latents again
     return latents if output_type == "latent" else decode(pipe.vae, latents)
 
@@ -222,6 +230,9 @@ class SampleRun:
     torch_dtype: str
     vae_tiling: bool
     model_files: str = ""           # fingerprint of the model folder's files (`model_fingerprint`)
+    lora_path: list | None = None   # LoRA adapter files applied (None: the plain model)
+    lora_scale: list | None = None  # their strengths
+    lora_files: str | None = None   # fingerprint of the adapter files
 
     @property
     def schedule_args(self) -> dict:
@@ -233,7 +244,8 @@ class SampleRun:
     def video_record(self, index: int) -> dict:
         "Everything that decided video `index`, stored beside it as `NNN_slug.json`."
         return {"prompt": self.prompts[index], "seed": self.seed + index, "model_files": self.model_files} | {
-            k: getattr(self, k) for k in VIDEO_SETTINGS}
+            k: getattr(self, k) for k in VIDEO_SETTINGS} | ({} if self.lora_path is None else {
+            "lora_path": self.lora_path, "lora_scale": self.lora_scale, "lora_files": self.lora_files})
 
 def model_fingerprint(root: Path) -> str:
     "A cheap identity of a model folder: name, size and modification time of every file (reads no weights)."
@@ -247,11 +259,11 @@ def sample(model_path, prompt=None, prompt_path=None, output_path="outputs/sampl
            num_frames=None, height=None, width=None, num_inference_steps=64, guidance_scale=4.5,
            scheduler_type="euler", seed=1024, linear_threshold=0.025, linear_range=0.5, num_euler_timesteps=50,
            shift=1.0, fps=None, batch_size=1, torch_dtype="float32", vae_tiling=False, overwrite=False,
-           sp_size=1) -> list:
+           sp_size=1, lora_path=None, lora_scale=1.0) -> list:
     """Generate a video per prompt into `output_path` (mp4s with their settings records, contact_sheet.png,
     settings.json); returns the mp4 paths. A video already there is kept only if it was made with the same settings;
     other settings are refused (naming them) unless `overwrite`. Under torchrun, `sp_size` ranks share each video
-    (sequence parallel) and the SP groups share out the prompts."""
+    (sequence parallel) and the SP groups share out the prompts. `lora_path` / `lora_scale`: as `generate`'s."""
     num_frames, height, width, _ = _clip_and_schedule(model_path, num_frames, height, width, scheduler_type,
                                                       num_inference_steps, guidance_scale, shift=shift,
                                                       num_euler_timesteps=num_euler_timesteps,
@@ -264,6 +276,13 @@ def sample(model_path, prompt=None, prompt_path=None, output_path="outputs/sampl
                     num_inference_steps, guidance_scale, scheduler_type, seed, linear_threshold, linear_range,
                     num_euler_timesteps, shift, float(fps or default_video(model_path).fps), batch_size,
                     str(torch_dtype).removeprefix("torch."), bool(vae_tiling), model_fingerprint(root))
+    if lora_path is not None:  # checked before any model loads; recorded beside each video
+        from fastvideo.lora import lora_file
+        files = [lora_file(p) for p in ([lora_path] if isinstance(lora_path, (str, Path)) else lora_path)]
+        scales = [float(s) for s in (lora_scale if isinstance(lora_scale, (list, tuple)) else [lora_scale] * len(files))]
+        if len(scales) != len(files): raise ValueError(f"--lora_scale: {len(scales)} scales for {len(files)} --lora_path files")
+        run.lora_path, run.lora_scale = [str(f) for f in files], scales
+        run.lora_files = hashlib.sha1("".join(f"{f}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}\n" for f in files).encode()).hexdigest()[:16]
     if torch.distributed.is_initialized() or ("WORLD_SIZE" not in os.environ and sp_size == 1):
         return _sample(run, overwrite)  # single process, or a caller (a launched notebook) owns the groups
     init_distributed(sp_size, timeout_s=12 * 3600)  # SP groups get unequal work (resumed videos, uneven prompt split)
@@ -306,16 +325,10 @@ def _write_contact_sheet(run: SampleRun):
     plt.close(fig)
     return names
 
-def _sample(run: SampleRun, overwrite: bool) -> list:
-    todo_all = videos_to_make(run, overwrite)  # every rank checks the same files: they all raise, or none does
-    todo = [i for i in todo_all if i % dp_size() == dp_rank()]
-    run.output_path.mkdir(parents=True, exist_ok=True)
-    if is_main() and len(todo_all) < len(run.prompts):
-        print(f"[sample] {len(run.prompts) - len(todo_all)} of {len(run.prompts)} videos exist with these settings; keeping them")
-    device = default_device()
-    pipe = load_pipeline(run.model_path, run.torch_dtype, device, run.vae_tiling) if todo else None
+def _generate_all(run: SampleRun, todo: list, pipe):
+    "Generate and write the videos `todo` of this rank, batch by batch."
     shape = latent_shape(pipe, run.num_frames, run.height, run.width) if todo else None
-    started, writer, paths = time.time(), sp_rank() == 0, run.paths  # one rank of each SP group decodes and writes
+    writer, paths = sp_rank() == 0, run.paths  # one rank of each SP group decodes and writes
     for start in tqdm(range(0, len(todo), run.batch_size), desc="sample", unit="batch", disable=not todo or not is_main()):
         batch = todo[start:start + run.batch_size]
         # each prompt gets its own noise (seed + index), so batching, resuming and process counts change no video
@@ -329,6 +342,21 @@ def _sample(run: SampleRun, overwrite: bool) -> list:
                 paths[i].unlink(missing_ok=True)  # an old video never stands beside the new record, even if we stop here
                 media.write_text(paths[i].with_suffix(".json"), json.dumps(run.video_record(i), indent=1) + "\n")
                 media.write_mp4(paths[i], to_uint8(f), run.fps)
+
+def _sample(run: SampleRun, overwrite: bool) -> list:
+    todo_all = videos_to_make(run, overwrite)  # every rank checks the same files: they all raise, or none does
+    todo = [i for i in todo_all if i % dp_size() == dp_rank()]
+    run.output_path.mkdir(parents=True, exist_ok=True)
+    if is_main() and len(todo_all) < len(run.prompts):
+        print(f"[sample] {len(run.prompts) - len(todo_all)} of {len(run.prompts)} videos exist with these settings; keeping them")
+    device = default_device()
+    pipe = load_pipeline(run.model_path, run.torch_dtype, device, run.vae_tiling) if todo else None
+    adapters = contextlib.nullcontext()
+    if todo and run.lora_path:  # loaded once for the whole run, removed from the cached pipeline after
+        from fastvideo.lora import applied_loras
+        adapters = applied_loras(pipe.transformer, run.lora_path, run.lora_scale)
+    started, paths = time.time(), run.paths
+    with adapters: _generate_all(run, todo, pipe)
     if torch.distributed.is_initialized(): torch.distributed.barrier()
     if is_main():
         record = asdict(run) | {"output_path": str(run.output_path), "videos": [p.name for p in paths],
@@ -368,6 +396,8 @@ def add_sample(sub):
     p.add_argument("--overwrite", action="store_true",
                    help="regenerate videos made with other settings (without it they are refused)")
     p.add_argument("--sp_size", type=int, default=1, help="under torchrun: processes that share one video")
+    p.add_argument("--lora_path", nargs="+", default=None, help="LoRA adapter file(s) or folder(s) to apply (diffusers or genmo format)")
+    p.add_argument("--lora_scale", type=float, nargs="+", default=[1.0], help="strength of each adapter (one for all, or one each)")
     def run(a):
         paths = sample(**{k: v for k, v in vars(a).items() if k not in ("func", "command")})
         if int(os.environ.get("RANK", "0")) == 0:  # one closing line per run, not one per process

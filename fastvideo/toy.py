@@ -19,10 +19,10 @@ from .media import read_media, read_video, write_jpg, write_mp4, write_text  # t
 _all_ = ["read_media", "read_video", "write_jpg", "write_mp4", "write_text"]
 
 # %% auto #0
-__all__ = ['COLORS', 'SHAPES', 'MOTIONS', 'BACKGROUND', 'TOY_VIDEO', 'MARGIN', 'BRIGHT', 'STILL_PIXELS', 'caption_for',
-           'all_captions', 'parse_caption', 'ClipSpec', 'sample_spec', 'shape_mask', 'render', 'frame_grid', 'to_gif',
-           'score', 'score_many', 'item_spec', 'make_dataset', 'model_path', 'read_media', 'read_video', 'write_jpg',
-           'write_mp4', 'write_text']
+__all__ = ['COLORS', 'SHAPES', 'MOTIONS', 'BACKGROUND', 'TOY_VIDEO', 'MARGIN', 'OBJECT_SIZES', 'BRIGHT', 'STILL_PIXELS',
+           'caption_for', 'all_captions', 'parse_caption', 'ClipSpec', 'sample_spec', 'shape_mask', 'render',
+           'frame_grid', 'to_gif', 'score', 'score_many', 'object_size', 'item_spec', 'make_dataset', 'model_path',
+           'read_media', 'read_video', 'write_jpg', 'write_mp4', 'write_text']
 
 # %% ../nbs/01_toy.ipynb #1f9581e8
 COLORS = {"red": (230, 30, 30), "green": (30, 210, 50), "blue": (40, 80, 255),
@@ -74,13 +74,23 @@ class ClipSpec:
 
 # %% ../nbs/01_toy.ipynb #823a5d82
 MARGIN = 2  # pixels kept free around the object
+OBJECT_SIZES = (14.0, 24.0)  # the world's range of object sizes (bounding-box side, pixels)
+
+def _check_sizes(object_sizes, height: int) -> tuple:
+    lo, hi = (float(v) for v in object_sizes)
+    if not 6 <= lo <= hi <= height / 2 - MARGIN:
+        raise ValueError(f"toy data: --object_sizes {lo:g} {hi:g}: expected 6 <= min <= max <= {height / 2 - MARGIN:g} "
+                         f"(half the height less the margin, so the object fits and the scorer sees one)")
+    return lo, hi
 
 def sample_spec(rng: np.random.Generator, num_frames=TOY_VIDEO.num_frames, height=TOY_VIDEO.height,
-                width=TOY_VIDEO.width, motion=None) -> ClipSpec:
-    "A random clip of the world; `num_frames=1` or `motion='still'` gives a still object."
+                width=TOY_VIDEO.width, motion=None, object_sizes=None) -> ClipSpec:
+    """A random clip of the world; `num_frames=1` or `motion='still'` gives a still object. `object_sizes` (min, max)
+    narrows the sizes (a data set of large objects, for a LoRA to learn); None: the world's (the same draws as ever)."""
     color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
     motion = motion or ("still" if num_frames == 1 else rng.choice(MOTIONS))
-    size = float(rng.uniform(14, min(24, height / 2 - MARGIN)))
+    if object_sizes is None: size = float(rng.uniform(OBJECT_SIZES[0], min(OBJECT_SIZES[1], height / 2 - MARGIN)))
+    else: size = float(rng.uniform(*_check_sizes(object_sizes, height)))
     room_x, room_y = width - size - 2 * MARGIN, height - size - 2 * MARGIN
     travel = {"left": room_x, "right": room_x, "up": room_y, "down": room_y}.get(motion, 0.0)
     dist = float(rng.uniform(max(12.0, 0.5 * travel), travel)) if travel else 0.0
@@ -204,17 +214,28 @@ def score_many(videos, captions) -> dict:
     keys = ("color", "shape", "motion", "one_object", "mean")
     return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {"n": len(rows)}
 
+def object_size(frames: np.ndarray) -> float | None:
+    "The object's size as the scorer finds it: the median over frames of its bounding box's mean side (None: no object)."
+    sides = []
+    for f in _check_frames(frames):
+        m = _find_object(f)
+        if m is None: continue
+        ys, xs = np.nonzero(m)
+        sides.append(((np.ptp(ys) + 1) + (np.ptp(xs) + 1)) / 2)
+    return float(np.median(sides)) if sides else None
+
 # %% ../nbs/01_toy.ipynb #30f9316b
 def item_spec(seed: int, index: int, is_image: bool, num_frames=TOY_VIDEO.num_frames, height=TOY_VIDEO.height,
-              width=TOY_VIDEO.width) -> ClipSpec:
+              width=TOY_VIDEO.width, object_sizes=None) -> ClipSpec:
     "The clip of item `index`: each item has its own random stream, so items do not depend on the data set size."
     rng = np.random.default_rng([seed, int(is_image), index])
-    return sample_spec(rng, 1 if is_image else num_frames, height, width)
+    return sample_spec(rng, 1 if is_image else num_frames, height, width, object_sizes=object_sizes)
 
 def make_dataset(out_dir, n_videos: int = 64, n_images: int = 16, seed: int = 0, num_frames: int = TOY_VIDEO.num_frames,
                  height: int = TOY_VIDEO.height, width: int = TOY_VIDEO.width, fps: float = TOY_VIDEO.fps, overwrite: bool = False,
-                 progress: bool = True) -> Path:
-    "Write the toy data set: `media/` (mp4 + jpg), `data.json` and `merge.txt`; returns the merge file's path."
+                 progress: bool = True, object_sizes=None) -> Path:
+    """Write the toy data set: `media/` (mp4 + jpg), `data.json` and `merge.txt`; returns the merge file's path.
+    `object_sizes` (min, max): only objects of these sizes (default: the world's `OBJECT_SIZES`)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir(): raise ValueError(f"toy data: {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -223,10 +244,11 @@ def make_dataset(out_dir, n_videos: int = 64, n_images: int = 16, seed: int = 0,
         raise ValueError(f"toy data: need n_videos >= 0, n_images >= 0 and at least one item; got {n_videos}, {n_images}")
     check_clip_size(num_frames, height, width)  # the sizes preprocessing will accept
     if not fps > 0: raise ValueError(f"toy data: --fps={fps} must be positive")
+    if object_sizes is not None: _check_sizes(object_sizes, height)
     media, items = out / "media", []
     jobs = [(False, i) for i in range(n_videos)] + [(True, i) for i in range(n_images)]
     for is_image, i in tqdm(jobs, desc="toy data", unit="item", disable=not progress):
-        spec = item_spec(seed, i, is_image, num_frames, height, width)
+        spec = item_spec(seed, i, is_image, num_frames, height, width, object_sizes)
         frames = render(spec)
         if is_image:
             name = f"image_{i:05d}.jpg"

@@ -184,6 +184,11 @@ class TrainConfig:
     validation_guidance_scale: float = 4.5  # classifier-free guidance of a validation video
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint folder
     dataloader_num_workers: int = 0       # processes loading batches ahead of the step (0: the training process)
+    use_lora: bool = False                # train LoRA adapters on the frozen DiT instead of all its weights
+    lora_rank: int = 8                    # rank of each adapter (FastVideo's Mochi LoRA: 128)
+    lora_alpha: float | None = None       # the adapters' scale is alpha / rank (default: alpha = rank)
+    lora_target_modules: str | None = None  # layers adapted in every block (default: to_q to_k to_v to_out.0)
+    lora_format: str = "diffusers"        # diffusers, or genmo: also write genmo's (ComfyUI's) names
 
     def __post_init__(self):
         positive = ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "sp_size")
@@ -201,6 +206,10 @@ class TrainConfig:
         if self.num_latent_t is not None and self.num_latent_t < 1: raise ValueError(f"--num_latent_t {self.num_latent_t}: must be >= 1")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ValueError(f"--checkpoints_total_limit {self.checkpoints_total_limit}: must be >= 1 (or not given)")
+        if self.use_lora:  # fail before anything loads
+            from fastvideo.lora import lora_config
+            lora_config(self.lora_rank, self.lora_alpha, self.lora_target_modules)
+        if self.lora_format not in ("diffusers", "genmo"): raise ValueError(f"--lora_format {self.lora_format!r}: expected diffusers or genmo")
         if not 0 <= self.selective_checkpointing <= 1:
             raise ValueError(f"--selective_checkpointing {self.selective_checkpointing}: must be in [0, 1]")
 
@@ -252,8 +261,11 @@ def _quiet_dcp():
         yield
 
 def _state(model, optimizer, lr_scheduler, ema) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer),
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    # a LoRA run saves its adapters only: the frozen base is --model_path's, unchanged
+    frozen = any(not p.requires_grad for p in model.parameters())
+    state = {"model": get_model_state_dict(model, options=StateDictOptions(ignore_frozen_params=frozen)),
+             "optimizer": get_optimizer_state_dict(model, optimizer),
              "lr_scheduler": lr_scheduler.state_dict()}
     if ema is not None: state["ema"] = ema.shadow
     return state
@@ -297,7 +309,7 @@ def save_checkpoint(output_dir, step: int, model, optimizer, lr_scheduler, ema, 
 def load_checkpoint(folder, model, optimizer, lr_scheduler, ema) -> dict:
     "Restore what `save_checkpoint` wrote into the given objects; returns its meta (step, ...)."
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
     folder = Path(folder)
     if not (folder / CHECKPOINT_MARKER).exists(): raise ValueError(f"{folder}: not a complete checkpoint (no {CHECKPOINT_MARKER} marker)")
     state = _state(model, optimizer, lr_scheduler, ema)
@@ -310,7 +322,9 @@ def load_checkpoint(folder, model, optimizer, lr_scheduler, ema) -> dict:
     # the optimizer may lack entries: parameters that never had a gradient (the last block's text queries) have no
     # AdamW state in a run, while a fresh optimizer's state dict lists them all
     with _quiet_dcp(): dcp.load(state, checkpoint_id=str(folder), planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
-    set_model_state_dict(model, state["model"]); set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    frozen = any(not p.requires_grad for p in model.parameters())  # LoRA: the checkpoint holds the adapters only
+    set_model_state_dict(model, state["model"], options=StateDictOptions(ignore_frozen_params=frozen, strict=not frozen))
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     return json.loads((folder / "meta.json").read_text())
 
@@ -341,8 +355,9 @@ def _full_weights(model: nn.Module) -> dict:
     live = {p.untyped_storage().data_ptr() for p in model.parameters() if not isinstance(p, DTensor) and p.device.type != "meta"}
     return {k: v.clone() if v.untyped_storage().data_ptr() in live else v for k, v in full.items()}
 
-def export_model_folder(model: nn.Module, model_path, folder, ema: EMA | None = None) -> Path:
-    "A complete diffusers folder: `model` (EMA weights if given) as transformer/, the other parts of `model_path`."
+def export_model_folder(model: nn.Module, model_path, folder, ema: EMA | None = None, lora_format: str = "diffusers") -> Path:
+    """A complete diffusers folder: `model` (EMA weights if given) as transformer/, the other parts of `model_path`.
+    A model with LoRA adapters gets its adapter file(s) instead (`fastvideo.lora.save_lora`), for `--lora_path`."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from fastvideo.models import resolve_model_path
     source, folder = resolve_model_path(model_path), Path(folder)
@@ -351,6 +366,12 @@ def export_model_folder(model: nn.Module, model_path, folder, ema: EMA | None = 
     if dist.is_initialized() and dist.get_rank() != 0: return folder
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists(): shutil.rmtree(tmp)
+    if getattr(model, "peft_config", None):
+        from fastvideo.lora import lora_state_dict, save_lora
+        save_lora(tmp, lora_state_dict(full), model.peft_config["default"], lora_format)
+        if folder.exists(): shutil.rmtree(folder)
+        tmp.rename(folder)
+        return folder
     for part in ("vae", "text_encoder", "tokenizer", "scheduler"): shutil.copytree(source / part, tmp / part)
     shutil.copy(source / "model_index.json", tmp / "model_index.json")
     plain = type(model).from_config(model.config, device="meta")  # unsharded, then the gathered weights assigned
@@ -384,19 +405,23 @@ def add_train(sub):
         kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0].split("|")[0].strip(), str)
         required = f.default is MISSING
         help_ = comments.get(f.name, "") + ("" if required else f" (default: {f.default})")
-        p.add_argument(f"--{f.name}", type=kind, required=required, default=None if required else f.default, help=help_)
+        if f.type in (bool, "bool"): p.add_argument(f"--{f.name}", action="store_true", help=comments.get(f.name, ""))
+        elif f.name == "lora_target_modules": p.add_argument(f"--{f.name}", nargs="+", default=None, help=help_)  # as FastVideo's
+        else: p.add_argument(f"--{f.name}", type=kind, required=required, default=None if required else f.default, help=help_)
     p.add_argument("--from_scratch", action="store_true", help="build the DiT from --model_path's transformer config "
                    "with the kit's initialisation (fastvideo.dit.init_weights, seeded by --seed) instead of loading its weights")
     def run(a):
         from fastvideo.dit import MochiDiT, init_weights
         from fastvideo.models import resolve_model_path
+        if a.lora_target_modules: a.lora_target_modules = " ".join(a.lora_target_modules)
         config = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
         folder = resolve_model_path(a.model_path, ("transformer",)) / "transformer"
         if a.from_scratch:  # a resume loads the checkpoint's weights over these anyway
             model = init_weights(MochiDiT.from_config(json.loads((folder / "config.json").read_text())), seed=config.seed)
         else: model = MochiDiT.from_pretrained(folder.parent, subfolder="transformer")
         train(config, model, model_path=a.model_path)
-        print(f"trained {config.max_train_steps} steps; the model is in {Path(config.output_dir) / 'final'}")
+        what = "the LoRA adapter" if config.use_lora else "the model"
+        print(f"trained {config.max_train_steps} steps; {what} is in {Path(config.output_dir) / 'final'}")
     p.set_defaults(func=run)
 
 # %% ../nbs/07_train.ipynb #9b81380b
@@ -425,6 +450,7 @@ def validate(model: nn.Module, model_path, prompts: list, out_dir, step: int, em
     def sample():
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         plain = type(model).from_config(model.config, device="meta")
+        if getattr(model, "peft_config", None): plain.add_adapter(model.peft_config["default"])  # the same LoRA layers
         plain.load_state_dict(full, assign=True)
         plain.to(device)
         root = resolve_model_path(model_path)
@@ -450,7 +476,8 @@ def validate(model: nn.Module, model_path, prompts: list, out_dir, step: int, em
 # %% ../nbs/07_train.ipynb #2d19a85f
 _RESUME_FIELDS = ("data_json_path", "train_batch_size", "gradient_accumulation_steps", "seed", "cfg", "weighting_scheme",
                   "sp_size", "num_latent_t", "mixed_precision", "master_weight_type", "learning_rate", "lr_scheduler",
-                  "lr_warmup_steps", "ema_decay", "ema_start_step", "logit_mean", "logit_std")  # and the model's config and the number of SP groups: a resume must continue the same run
+                  "lr_warmup_steps", "ema_decay", "ema_start_step", "logit_mean", "logit_std", "use_lora", "lora_rank",
+                  "lora_alpha", "lora_target_modules")  # and the model's config and the number of SP groups: a resume must continue the same run
 
 def _peak_memory_gb() -> float:
     "Peak memory of this process: the GPU's allocator peak on CUDA, else the process's peak resident set."
@@ -489,12 +516,18 @@ def _train(config, model, progress, model_path, state, tqdm):
         if model_path is None: raise ValueError("validation needs the model folder (--model_path): its VAE and T5")
         prompts = validation_prompts(config.validation_prompt_dir)
     model.checkpoint_ratio = config.selective_checkpointing
+    if config.use_lora:  # adapters on the frozen DiT, seeded by the run's seed; kept fp32 below
+        from fastvideo.lora import add_lora
+        add_lora(model, config.lora_rank, config.lora_alpha, config.lora_target_modules, seed=config.seed)
     dataset = LatentDataset(config.data_json_path, text_dropout=config.cfg, seed=config.seed)
     check_dataset(dataset, model)
     device = torch.device("cuda", state.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
     if config.master_weight_type == "bf16":  # every weight, the RoPE frequencies too: FSDP2 wants one dtype per group
         model.to(torch.bfloat16)
+        if config.use_lora:  # the frozen base in bf16, the adapters (all that trains) in fp32: one dtype per group
+            for p in model.parameters():
+                if p.requires_grad: p.data = p.data.float()
     compute = torch.bfloat16 if config.mixed_precision == "bf16" else None
     if state.world_size > 1: shard_model(model, sharding_mesh(config.fsdp_sharding), param_dtype=compute)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -590,7 +623,7 @@ def _train(config, model, progress, model_path, state, tqdm):
     finally:
         bar.close()
         if log is not None: log.close()
-    if model_path is not None: export_model_folder(model, model_path, out / "final", ema)  # collective: before rank 0 alone
+    if model_path is not None: export_model_folder(model, model_path, out / "final", ema, config.lora_format)  # collective: before rank 0 alone
     if main:
         logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         plot_losses(logged, out / "loss.png")

@@ -166,3 +166,19 @@ def test_read_video_falls_back_to_pyav_where_decord_cannot_convert(tmp_path):
     read, fps = toy.read_video(tmp_path / "narrow.mp4")
     assert read.shape == (7, 32, 48, 3) and fps == 8.0
     assert np.abs(read.astype(int) - frames).mean() < 3  # H.264 at crf 12: close to what was written
+
+
+def test_object_sizes_narrow_the_world_and_object_size_measures_them(tmp_path):
+    "A large-object data set (what the LoRA recipe trains on): every clip's measured object size in range, scorer exact."
+    merge = toy.make_dataset(tmp_path / "big", n_videos=12, n_images=4, seed=5, object_sizes=(26, 30), progress=False)
+    items = json.loads((merge.parent / "data.json").read_text())
+    clips = [toy.read_media(merge.parent / "media" / it["path"]) for it in items]
+    sizes = [toy.object_size(c) for c in clips]
+    assert all(25.5 <= s <= 31 for s in sizes), sizes
+    assert toy.score_many(clips, [it["cap"][0] for it in items])["mean"] == 1.0
+    spec = toy.sample_spec(np.random.default_rng(0))  # the default draws are the world's, as before the option
+    assert 14 <= spec.size <= 24 and abs(toy.object_size(toy.render(spec)) - spec.size) <= 1
+    assert toy.object_size(np.zeros((3, 64, 112, 3), np.uint8)) is None
+    with pytest.raises(ValueError, match=r"--object_sizes 20 40: expected 6 <= min <= max <= 30"):
+        toy.make_dataset(tmp_path / "bad", object_sizes=(20, 40))
+    assert not (tmp_path / "bad").exists(), "refused before writing"
