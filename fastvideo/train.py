@@ -361,12 +361,17 @@ def export_model_folder(model: nn.Module, model_path, folder, ema: EMA | None = 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from fastvideo.models import resolve_model_path
     source, folder = resolve_model_path(model_path), Path(folder)
+    lora = bool(getattr(model, "peft_config", None))
     with (ema.applied(model) if ema is not None else contextlib.nullcontext()):  # collective when sharded: every rank
-        full = _full_weights(model)
+        # a LoRA run gathers its adapters only: the frozen base (20 GB for Mochi-10B in bf16) is --model_path's
+        if lora:  # copies: on one process these are the live (EMA-swapped) tensors
+            full = {k: v.detach().clone() for k, v in get_model_state_dict(model, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)).items()}
+        else: full = _full_weights(model)
     if dist.is_initialized() and dist.get_rank() != 0: return folder
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists(): shutil.rmtree(tmp)
-    if getattr(model, "peft_config", None):
+    if lora:
         from fastvideo.lora import lora_state_dict, save_lora
         save_lora(tmp, lora_state_dict(full), model.peft_config["default"], lora_format)
         if folder.exists(): shutil.rmtree(folder)
