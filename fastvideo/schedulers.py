@@ -11,8 +11,8 @@ import torch
 
 # %% auto #0
 __all__ = ['NUM_TRAIN_TIMESTEPS', 'SCHEDULER_TYPES', 'add_noise', 'velocity_target', 'model_timestep', 'euler_step',
-           'linear_quadratic_schedule', 'pcm_grid', 'pcm_linear_quadratic_schedule', 'Schedule', 'make_schedule',
-           'diffusers_scheduler_config']
+           'linear_quadratic_schedule', 'pcm_grid', 'pcm_linear_quadratic_schedule', 'pcm_picks', 'Schedule',
+           'make_schedule', 'diffusers_scheduler_config']
 
 # %% ../nbs/05_schedulers.ipynb #1ffc1c87
 NUM_TRAIN_TIMESTEPS = 1000  # the DiT's timestep embedding expects tau in [0, 1000]
@@ -55,12 +55,17 @@ def linear_quadratic_schedule(num_steps: int, threshold_noise: float = 0.025, li
 
 # %% ../nbs/05_schedulers.ipynb #ccbe58d2
 def pcm_grid(num_euler_timesteps: int = 50, linear_threshold: float = 0.025, linear_range: float = 0.5,
-             num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:
-    "The `num_euler_timesteps` noise levels PCM distils on, from 1 down."
+             num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, shift: float | None = None) -> np.ndarray:
+    """The `num_euler_timesteps` noise levels PCM distils on, from 1 down: picked from the linear-quadratic table or,
+    with `shift`, from the shifted linear one (diffusers' `FlowMatchEulerDiscreteScheduler(shift=...)` sigmas)."""
     if not 1 <= num_euler_timesteps <= num_train_timesteps:
         raise ValueError(f"num_euler_timesteps must be in [1, {num_train_timesteps}], got {num_euler_timesteps}")
-    if not 0 < linear_range < 1: raise ValueError(f"linear_range must be in (0, 1), got {linear_range}")
-    table = linear_quadratic_schedule(num_train_timesteps, linear_threshold, int(num_train_timesteps * linear_range))
+    if shift is not None:
+        if not shift > 0: raise ValueError(f"shift must be positive, got {shift}")
+        s = np.linspace(1, 1 / num_train_timesteps, num_train_timesteps)
+        table = shift * s / (1 + (shift - 1) * s)
+    elif not 0 < linear_range < 1: raise ValueError(f"linear_range must be in (0, 1), got {linear_range}")
+    else: table = linear_quadratic_schedule(num_train_timesteps, linear_threshold, int(num_train_timesteps * linear_range))
     table = table.astype(np.float32)[::-1]  # ascending: table[k] is the noise level k+1 steps before the end
     every = num_train_timesteps // num_euler_timesteps
     picks = np.arange(1, num_euler_timesteps + 1) * every - 1
@@ -73,11 +78,14 @@ def pcm_linear_quadratic_schedule(num_inference_steps: int, num_euler_timesteps:
         raise ValueError(f"num_inference_steps must be in [1, num_euler_timesteps={num_euler_timesteps}], "
                          f"got {num_inference_steps}")
     grid = pcm_grid(num_euler_timesteps, linear_threshold, linear_range)
-    picks = np.floor(np.linspace(0, num_euler_timesteps, num_inference_steps, endpoint=False)).astype(np.int64)
-    return grid[picks]
+    return grid[pcm_picks(num_inference_steps, num_euler_timesteps)]
+
+def pcm_picks(num_inference_steps: int, num_euler_timesteps: int) -> np.ndarray:
+    "The grid indices a PCM sampler of `num_inference_steps` steps visits: floor(j N / S)."
+    return np.floor(np.linspace(0, num_euler_timesteps, num_inference_steps, endpoint=False)).astype(np.int64)
 
 # %% ../nbs/05_schedulers.ipynb #89e380a3
-SCHEDULER_TYPES = ("euler", "pcm_linear_quadratic")
+SCHEDULER_TYPES = ("euler", "pcm_linear_quadratic", "pcm")  # pcm: the PCM grid of the shifted linear table
 
 @dataclass
 class Schedule:
@@ -94,10 +102,11 @@ def _check_flags(scheduler_type, num_inference_steps, num_euler_timesteps, linea
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ValueError(f"--num_inference_steps={num_inference_steps}: expected a positive integer")
     if shift <= 0: raise ValueError(f"--shift={shift}: expected a positive number (1 = no shift)")
-    if scheduler_type != "pcm_linear_quadratic": return
-    if not 0 < linear_threshold < 1: raise ValueError(f"--linear_threshold={linear_threshold}: expected a value in (0, 1)")
-    if not 1 <= int(NUM_TRAIN_TIMESTEPS * linear_range) < NUM_TRAIN_TIMESTEPS:
-        raise ValueError(f"--linear_range={linear_range}: expected a fraction in [0.001, 1) of the 1000-point table")
+    if scheduler_type == "euler": return
+    if scheduler_type == "pcm_linear_quadratic":  # the table's flags (pcm's table is the shifted linear one)
+        if not 0 < linear_threshold < 1: raise ValueError(f"--linear_threshold={linear_threshold}: expected a value in (0, 1)")
+        if not 1 <= int(NUM_TRAIN_TIMESTEPS * linear_range) < NUM_TRAIN_TIMESTEPS:
+            raise ValueError(f"--linear_range={linear_range}: expected a fraction in [0.001, 1) of the 1000-point table")
     if not 1 <= num_euler_timesteps <= NUM_TRAIN_TIMESTEPS:
         raise ValueError(f"--num_euler_timesteps={num_euler_timesteps}: expected 1 to {NUM_TRAIN_TIMESTEPS}")
     if num_inference_steps > num_euler_timesteps:
@@ -112,9 +121,10 @@ def make_schedule(scheduler_type: str = "euler", num_inference_steps: int = 64, 
     if scheduler_type == "euler": sigmas = linear_quadratic_schedule(num_inference_steps, threshold_noise)
     elif scheduler_type == "pcm_linear_quadratic":
         sigmas = pcm_linear_quadratic_schedule(num_inference_steps, num_euler_timesteps, linear_threshold, linear_range)
-    else: raise ValueError(f"unknown scheduler_type {scheduler_type!r}; expected one of {SCHEDULER_TYPES}")
+    else:  # pcm: the grid is picked from the shifted table, so the shift is in it already
+        sigmas = pcm_grid(num_euler_timesteps, shift=shift)[pcm_picks(num_inference_steps, num_euler_timesteps)]
     sigmas = torch.from_numpy(np.asarray(sigmas, np.float32))
-    if shift != 1.0: sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    if shift != 1.0 and scheduler_type != "pcm": sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
     return Schedule(torch.cat([sigmas, sigmas.new_zeros(1)]), model_timestep(sigmas))
 
 # %% ../nbs/05_schedulers.ipynb #98970616
