@@ -13,7 +13,8 @@ from .schedulers import add_noise, model_timestep, velocity_target
 __all__ = ['WEIGHTING_SCHEMES', 'LR_SCHEDULERS', 'FSDP_SHARDING', 'CHECKPOINT_MARKER', 'flow_matching_loss', 'sample_sigmas',
            'make_optimizer', 'make_lr_scheduler', 'optimizer_step', 'EMA', 'sharding_mesh', 'shard_model',
            'TrainConfig', 'checkpoint_folders', 'save_checkpoint', 'load_checkpoint', 'check_dataset',
-           'export_model_folder', 'plot_losses', 'add_train', 'validation_prompts', 'validate', 'train']
+           'export_model_folder', 'plot_losses', 'add_config_flags', 'config_from_flags', 'add_train',
+           'validation_prompts', 'validate', 'FlowMatching', 'train']
 
 # %% ../nbs/07_train.ipynb #377f7afe
 def flow_matching_loss(transformer: nn.Module, latents: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor,
@@ -399,27 +400,38 @@ def plot_losses(metrics: list, path) -> Path:
     return Path(path)
 
 # %% ../nbs/07_train.ipynb #6de18c2d
-def add_train(sub):
-    "The `fastvideo train` subcommand: every `TrainConfig` field as a flag of its name."
+def add_config_flags(p, config_class):
+    "Every field of the dataclass `config_class` as a flag of its name, its comment as the help."
     from dataclasses import MISSING, fields
-    p = sub.add_parser("train", help="fine-tune the DiT on preprocessed latents")
-    p.add_argument("--model_path", default="toy", help="diffusers-format Mochi folder, or 'toy'")
     import inspect, re
-    comments = dict(re.findall(r"^    (\w+): [^=#\n]+(?:= [^#\n]+)?# (.+)$", inspect.getsource(TrainConfig), flags=re.M))
-    for f in fields(TrainConfig):
+    comments = {}
+    for cls in reversed(config_class.__mro__[:-1]):  # a subclass's comments over its parents'
+        comments |= dict(re.findall(r"^    (\w+): [^=#\n]+(?:= [^#\n]+)?# (.+)$", inspect.getsource(cls), flags=re.M))
+    for f in fields(config_class):
         kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0].split("|")[0].strip(), str)
         required = f.default is MISSING
         help_ = comments.get(f.name, "") + ("" if required else f" (default: {f.default})")
         if f.type in (bool, "bool"): p.add_argument(f"--{f.name}", action="store_true", help=comments.get(f.name, ""))
         elif f.name == "lora_target_modules": p.add_argument(f"--{f.name}", nargs="+", default=None, help=help_)  # as FastVideo's
         else: p.add_argument(f"--{f.name}", type=kind, required=required, default=None if required else f.default, help=help_)
+
+def config_from_flags(a, config_class):
+    "The `config_class` of parsed flags `a` (made by `add_config_flags`)."
+    from dataclasses import fields
+    if getattr(a, "lora_target_modules", None): a.lora_target_modules = " ".join(a.lora_target_modules)
+    return config_class(**{f.name: getattr(a, f.name) for f in fields(config_class)})
+
+def add_train(sub):
+    "The `fastvideo train` subcommand: every `TrainConfig` field as a flag of its name."
+    p = sub.add_parser("train", help="fine-tune the DiT on preprocessed latents")
+    p.add_argument("--model_path", default="toy", help="diffusers-format Mochi folder, or 'toy'")
+    add_config_flags(p, TrainConfig)
     p.add_argument("--from_scratch", action="store_true", help="build the DiT from --model_path's transformer config "
                    "with the kit's initialisation (fastvideo.dit.init_weights, seeded by --seed) instead of loading its weights")
     def run(a):
         from fastvideo.dit import MochiDiT, init_weights
         from fastvideo.models import resolve_model_path
-        if a.lora_target_modules: a.lora_target_modules = " ".join(a.lora_target_modules)
-        config = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
+        config = config_from_flags(a, TrainConfig)
         folder = resolve_model_path(a.model_path, ("transformer",)) / "transformer"
         if a.from_scratch:  # a resume loads the checkpoint's weights over these anyway
             model = init_weights(MochiDiT.from_config(json.loads((folder / "config.json").read_text())), seed=config.seed)
@@ -441,8 +453,9 @@ def validation_prompts(prompt_dir) -> list:
     return captions
 
 def validate(model: nn.Module, model_path, prompts: list, out_dir, step: int, ema: EMA | None = None,
-             num_inference_steps: int = 64, guidance_scale: float = 4.5, seed: int = 0) -> dict:
-    "Sample `prompts` with the model's (EMA) weights; rank 0 writes mp4s, a contact sheet and returns the record."
+             num_inference_steps: int = 64, guidance_scale: float = 4.5, seed: int = 0, **schedule) -> dict:
+    """Sample `prompts` with the model's (EMA) weights; rank 0 writes mp4s, a contact sheet and returns the record.
+    `schedule`: `generate`'s scheduler arguments (default: Euler on Mochi's schedule)."""
     import gc
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from fastvideo import media, toy
@@ -463,7 +476,7 @@ def validate(model: nn.Module, model_path, prompts: list, out_dir, step: int, em
         pipe = Pipeline(plain.eval().requires_grad_(False), enc.vae, enc.text_encoder, enc.tokenizer, enc.max_sequence_length, root)
         with sequence_parallel(None):  # one process, whole clips
             frames = generate(model_path, prompts, pipeline=pipe, num_inference_steps=num_inference_steps,
-                              guidance_scale=guidance_scale, seed=seed, progress=False)
+                              guidance_scale=guidance_scale, seed=seed, progress=False, **schedule)
         videos = [to_uint8(f) for f in frames]
         folder = Path(out_dir) / f"step-{step}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -477,6 +490,22 @@ def validate(model: nn.Module, model_path, prompts: list, out_dir, step: int, em
         if torch.cuda.is_available(): torch.cuda.empty_cache()
     _on_rank0(sample)  # every rank learns if rank 0's sampling failed, instead of waiting at the next collective
     return record
+
+# %% ../nbs/07_train.ipynb #213c29f9
+class FlowMatching:
+    "Fine-tuning's objective: `flow_matching_loss` at noise levels drawn as `--weighting_scheme` says."
+    def __init__(self, config: TrainConfig): self.config = config
+    def setup(self, model: nn.Module, device, place): pass  # nothing beside the model
+    def meta(self) -> dict: return {}
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        c = self.config
+        return sample_sigmas(n, c.weighting_scheme, c.logit_mean, c.logit_std, generator)
+    def loss(self, model, latents, embeds, mask, draws, noise, step=None, ema=None, **kwargs) -> torch.Tensor:
+        return flow_matching_loss(model, latents, embeds, mask, draws, noise, **kwargs)
+    def exported_ema(self, ema): return ema  # validation and final/ use the EMA's weights when EMA is on
+    def sampling(self) -> dict: return {}    # validation samples with Euler steps
+    def export(self, model, model_path, folder, ema, lora_format: str) -> Path:
+        return export_model_folder(model, model_path, folder, ema, lora_format)
 
 # %% ../nbs/07_train.ipynb #2d19a85f
 _RESUME_FIELDS = ("data_json_path", "train_batch_size", "gradient_accumulation_steps", "seed", "cfg", "weighting_scheme",
@@ -494,21 +523,22 @@ def _sp_frame_weights(batch: int, frames: int, device) -> torch.Tensor:
     "This rank's latent frames under SP: 1 for real frames, 0 for the padding `shard` adds."
     return shard(torch.ones(batch, frames, device=device), 1)
 
-def train(config: TrainConfig, model: nn.Module, progress: bool = True, model_path=None) -> list:
+def train(config: TrainConfig, model: nn.Module, progress: bool = True, model_path=None, objective=None) -> list:
     """Train `model` as `config` says; returns the per-step metrics (also in `output_dir/metrics.jsonl`). With
     `model_path` (the folder the model came from), `output_dir/final/` is a complete model folder at the end.
     Under torchrun: FSDP2 over every process; `sp_size` processes share each sample (its latent frames sharded);
     each global batch (`train_batch_size` x the number of SP groups, one latent shape) is split over the SP groups,
     and its noise levels and noise are drawn for the whole global batch, so a run's numbers do not depend on how
-    many processes share it (up to the order of float sums)."""
+    many processes share it (up to the order of float sums). `objective`: what each step minimises (default:
+    `FlowMatching(config)`, fine-tuning; distillation passes its own)."""
     from tqdm.auto import tqdm
     state = init_distributed(config.sp_size, timeout_s=3600)  # the others wait at barriers while rank 0 validates
     try:
-        return _train(config, model, progress, model_path, state, tqdm)
+        return _train(config, model, progress, model_path, state, tqdm, objective or FlowMatching(config))
     finally:
         destroy_distributed()
 
-def _train(config, model, progress, model_path, state, tqdm):
+def _train(config, model, progress, model_path, state, tqdm, objective):
     out, main = Path(config.output_dir), state.rank == 0
     if (checkpoint_folders(out) or (out / "metrics.jsonl").exists()) and not config.resume_from_checkpoint:
         raise ValueError(f"{out}: holds checkpoints of an earlier run; pass --resume_from_checkpoint latest to continue "
@@ -534,7 +564,9 @@ def _train(config, model, progress, model_path, state, tqdm):
             for p in model.parameters():
                 if p.requires_grad: p.data = p.data.float()
     compute = torch.bfloat16 if config.mixed_precision == "bf16" else None
-    if state.world_size > 1: shard_model(model, sharding_mesh(config.fsdp_sharding), param_dtype=compute)
+    place = lambda m: shard_model(m, sharding_mesh(config.fsdp_sharding), param_dtype=compute) if state.world_size > 1 else m
+    objective.setup(model, device, place)  # e.g. distillation's frozen teacher: on the device, in the weights' dtype, sharded
+    place(model)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     autocast = (lambda: torch.autocast(device_type, torch.bfloat16)) if compute is not None and state.world_size == 1 \
         else contextlib.nullcontext  # one process: no FSDP policy to cast the blocks' weights, so autocast does
@@ -545,7 +577,7 @@ def _train(config, model, progress, model_path, state, tqdm):
     lr_scheduler = make_lr_scheduler(optimizer, config.lr_scheduler, config.lr_warmup_steps, config.max_train_steps)
     ema = EMA(model, config.ema_decay, config.ema_start_step) if config.ema_decay > 0 else None
     meta = {k: getattr(config, k) for k in _RESUME_FIELDS} | {"model": {k: v for k, v in model.config.items() if not k.startswith("_")},
-                                                           "sp_groups": groups}  # the global batch is per-group x groups
+                                                           "sp_groups": groups} | objective.meta()  # the global batch is per-group x groups
     meta["data_json_path"] = str(Path(config.data_json_path).resolve())
     if config.lr_scheduler == "cosine": meta["max_train_steps"] = config.max_train_steps  # the cosine's length
     step = 0
@@ -584,10 +616,10 @@ def _train(config, model, progress, model_path, state, tqdm):
                 indices = batch["global_indices"]
                 g = _noise_generator(config.seed, step, micro, 0)  # the global batch's draws, the same on every rank
                 shape = dataset.latent_shapes[indices[0]]
-                sigmas = sample_sigmas(len(indices), config.weighting_scheme, config.logit_mean, config.logit_std, g)[mine]
+                draws = objective.draw(len(indices), g)[mine]  # flow matching: noise levels; distillation: grid points
                 noise = torch.randn((len(indices), *shape), generator=g)[mine]
                 latents, frames = batch["latents"].to(device), shape[1]
-                sigmas, noise = sigmas.to(device), noise.to(device)
+                draws, noise = draws.to(device), noise.to(device)
                 if config.num_latent_t and frames > config.num_latent_t:  # the first frames: a causal VAE's are a clip
                     frames = config.num_latent_t
                     latents, noise = latents[:, :, :frames], noise[:, :, :frames]
@@ -597,9 +629,9 @@ def _train(config, model, progress, model_path, state, tqdm):
                     weights, kwargs = _sp_frame_weights(len(latents), frames, latents.device), {"num_frames": frames}
                     denominator = torch.tensor(float(len(batch["latents"]) * frames * shape[0] * shape[2] * shape[3]), device=device)
                 with autocast():
-                    loss = flow_matching_loss(model, latents, batch["prompt_embeds"].to(device), batch["prompt_attention_mask"].to(device), sigmas,
-                                              noise, frame_weights=weights, denominator=denominator,
-                                              compute_dtype=compute if state.world_size > 1 else None, **kwargs)
+                    loss = objective.loss(model, latents, batch["prompt_embeds"].to(device), batch["prompt_attention_mask"].to(device),
+                                          draws, noise, step=step + 1, ema=ema, frame_weights=weights, denominator=denominator,
+                                          compute_dtype=compute if state.world_size > 1 else None, **kwargs)
                 # FSDP averages gradients over all processes; an SP group's shares sum to its samples' loss
                 (loss * state.sp_size / config.gradient_accumulation_steps).backward()
                 total = total + loss.detach() / config.gradient_accumulation_steps
@@ -618,8 +650,9 @@ def _train(config, model, progress, model_path, state, tqdm):
             if main: log.write(json.dumps(record) + "\n"); log.flush()
             bar.update(1); bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
             if prompts and step % config.validation_steps == 0:
-                record = validate(model, model_path, prompts, out / "validation", step, ema,
-                                  config.validation_sampling_steps, config.validation_guidance_scale, config.seed)
+                record = validate(model, model_path, prompts, out / "validation", step, objective.exported_ema(ema),
+                                  config.validation_sampling_steps, config.validation_guidance_scale, config.seed,
+                                  **objective.sampling())
                 model.train()
                 if main:
                     with open(out / "validation.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
@@ -628,7 +661,8 @@ def _train(config, model, progress, model_path, state, tqdm):
     finally:
         bar.close()
         if log is not None: log.close()
-    if model_path is not None: export_model_folder(model, model_path, out / "final", ema, config.lora_format)  # collective: before rank 0 alone
+    if model_path is not None:  # collective: before rank 0 alone
+        objective.export(model, model_path, out / "final", objective.exported_ema(ema), config.lora_format)
     if main:
         logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         plot_losses(logged, out / "loss.png")
