@@ -171,6 +171,14 @@ def test_lora_training_trains_adapters_only_and_resumes_exactly(tmp_path):
     saved = dcp.FileSystemReader(str(tmp_path / "full" / "checkpoint-8")).read_metadata().state_dict_metadata
     model_keys = [k for k in saved if k.startswith("model.")]
     assert model_keys and all("lora_" in k for k in model_keys), "a LoRA checkpoint holds the adapters only"
+    # train_cmd runs an EMA (0.9): the exported adapter is the EMA's, not the last step's raw weights
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    dcp_to_torch_save(str(tmp_path / "full" / "checkpoint-8"), str(tmp_path / "checkpoint-8.pt"))
+    saved = torch.load(tmp_path / "checkpoint-8.pt", weights_only=False)
+    exported = lambda part: {"transformer." + k.replace(".default", ""): v for k, v in saved[part].items()}
+    ema, raw = exported("ema"), exported("model")
+    assert sorted(ema) == sorted(weights) and all(torch.equal(weights[k], ema[k]) for k in weights)
+    assert not all(torch.equal(weights[k], raw[k]) for k in weights), "the raw adapters were exported, not the EMA"
     # stop at step 4 (its checkpoint), resume to 8: the same losses and adapters, bit for bit
     run_one(data, tmp_path / "resumed", *LORA, "--max_train_steps", "4")
     run_one(data, tmp_path / "resumed", *LORA, "--max_train_steps", "8", "--resume_from_checkpoint", "latest")
