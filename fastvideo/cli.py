@@ -12,6 +12,7 @@ from . import media, toy
 from .data import add_preprocess
 from .launch import add_launch
 from .sampling import add_sample, settings_differences
+from .distill import add_distill
 from .train import add_train
 
 # %% auto #0
@@ -112,7 +113,7 @@ def add_demo(sub):
                                        a.overwrite))
 
 # %% ../nbs/11_cli.ipynb #452f94b1
-SUBCOMMANDS = [add_toy_data, add_preprocess, add_train, add_sample, add_launch, add_demo]
+SUBCOMMANDS = [add_toy_data, add_preprocess, add_train, add_distill, add_sample, add_launch, add_demo]
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastvideo", description="Post-training kit for video diffusion models.")
