@@ -12,24 +12,18 @@ Run: .venv/bin/python bench/lora_bench.py [--steps 8] [--threads 2]
    projected per-GPU memory: on 1 GPU at 37 frames of 480 x 848 (Genmo's fine-tuner: "50 GB at 37 frames on one
    H100") and on 2 GPUs under FSDP2 at 163 frames with SP 2 (FastVideo: "2 GPUs x 40 GB").
 """
-import argparse, statistics, sys, time
+import statistics, time
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _memory import bench_args, block_bytes_per_token, saved_bytes  # noqa: E402 (puts the repository on sys.path)
 from fastvideo.config import preset  # noqa: E402
 from fastvideo.dit import MochiBlock, MochiDiT, init_weights  # noqa: E402
 from fastvideo.lora import add_lora  # noqa: E402
 from fastvideo.train import flow_matching_loss, make_lr_scheduler, make_optimizer, optimizer_step  # noqa: E402
 
-p = argparse.ArgumentParser()
-p.add_argument("--steps", type=int, default=8)
-p.add_argument("--threads", type=int, default=2)
-args = p.parse_args()
-torch.set_num_threads(args.threads)
+args = bench_args(steps=8)
 MiB, GiB = 2**20, 2**30
 
 
@@ -56,18 +50,14 @@ def nbytes(tensors): return sum(t.numel() * t.element_size() for t in tensors)
 def measure(cfg, mode, batch):
     "Measured bytes of one step: parameters, gradients (after backward), AdamW state (after the step), saved activations."
     model, opts = build(cfg, mode)
-    weights, kept = {q.untyped_storage().data_ptr() for q in model.parameters()}, {}
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights: kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = flow_matching_loss(model, *batch)
-    loss.backward()
+    losses = []
+    activations = saved_bytes(lambda: losses.append(flow_matching_loss(model, *batch)), model.parameters())
+    losses[0].backward()
     grads = nbytes(q.grad for q in model.parameters() if q.grad is not None)
     optimizer_step(model, *opts)  # zeroes (frees) the gradients after the step; AdamW's state now exists
     state = nbytes(v for s in opts[0].state.values() for v in s.values() if torch.is_tensor(v) and v.ndim > 0)
     row = dict(trainable=sum(q.numel() for q in model.parameters() if q.requires_grad),
-               params=nbytes(model.parameters()), grads=grads, optimizer=state, activations=sum(kept.values()))
+               params=nbytes(model.parameters()), grads=grads, optimizer=state, activations=activations)
     row["sum"] = row["params"] + row["grads"] + row["optimizer"] + row["activations"]
     return row, model, opts
 
@@ -111,18 +101,7 @@ from peft import LoraConfig, inject_adapter_in_model  # noqa: E402
 block = MochiBlock(c).to(torch.bfloat16)
 inject_adapter_in_model(LoraConfig(r=128, lora_alpha=256, target_modules=["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0"]), block)
 for n_, q in block.named_parameters(): q.requires_grad_(".lora_" in n_)
-def block_saved(tokens):
-    weights, kept = {q.untyped_storage().data_ptr() for q in block.parameters()}, {}
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights: kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    x = torch.randn(1, tokens, c.inner_dim, dtype=torch.bfloat16, requires_grad=True)
-    t = torch.randn(1, 256, c.pooled_projection_dim, dtype=torch.bfloat16, requires_grad=True)
-    cond, angles = torch.randn(1, c.inner_dim, dtype=torch.bfloat16), torch.randn(tokens, c.num_attention_heads, c.attention_head_dim // 2)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s):
-        block(x, t, cond, (angles, torch.polar(torch.ones_like(angles), angles)), None)
-    return sum(kept.values())
-per_token = (block_saved(512) - block_saved(256)) / 256
+per_token = block_bytes_per_token(block, c)
 del block
 print(f"\n3. Mochi-10B with LoRA rank 128 (alpha 256) on the visual attention: {n_lora / 1e6:.1f}M trainable parameters "
       f"of {n_all / 1e9:.2f}B ({100 * n_lora / n_all:.2f}%); a bf16 block with adapters keeps {per_token / 1024:.0f} KiB "

@@ -11,25 +11,20 @@ Run: .venv/bin/python bench/train_bench.py [--steps 12] [--threads 2]
    AdamW state at 1 / 2 / 4 / 8 ranks, the activations a bf16 block keeps per visual token (measured on the meta
    device), and the projected per-GPU peak for a 163 x 480 x 848 clip (44,520 visual tokens) with SP 4 on 8 GPUs.
 """
-import argparse, json, os, statistics, subprocess, sys, tempfile, time
+import json, os, statistics, subprocess, sys, tempfile, time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _memory import bench_args, block_bytes_per_token, saved_bytes  # noqa: E402 (puts the repository on sys.path)
 from fastvideo.config import DiTConfig, preset  # noqa: E402
 from fastvideo.data import random_latent_dataset  # noqa: E402
 from fastvideo.dit import MochiDiT, randomize_parameters  # noqa: E402
 from fastvideo.launch import torchrun  # noqa: E402
 from fastvideo.train import flow_matching_loss, make_lr_scheduler, make_optimizer, optimizer_step  # noqa: E402
 
-p = argparse.ArgumentParser()
-p.add_argument("--steps", type=int, default=12)
-p.add_argument("--threads", type=int, default=2)
-args = p.parse_args()
-torch.set_num_threads(args.threads)
+args = bench_args(steps=12, min_steps=3)  # the first two steps warm up
 LATENT = (12, 4, 8, 14)  # the toy clip's latents
 
 
@@ -85,21 +80,17 @@ print(f"ratio: {med['diffusers'] / med['ours']:.2f}x (target >= 1.2x)")
 
 
 # 3. activation memory
-def saved_bytes(model, dtype, ratio):
+def activation_mib(model, dtype, ratio):
     model.checkpoint_ratio = ratio
-    weights, kept = {p.untyped_storage().data_ptr() for p in model.parameters()}, {}
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights: kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        flow_matching_loss(model, *(b.to(dtype) if b.is_floating_point() and b.ndim > 1 else b for b in batch))
+    kept = saved_bytes(lambda: flow_matching_loss(model, *(b.to(dtype) if b.is_floating_point() and b.ndim > 1 else b
+                                                           for b in batch)), model.parameters())
     model.checkpoint_ratio = 0.0
-    return sum(kept.values()) / 2**20
+    return kept / 2**20
 print("\n3. activations kept for backward (MiB), toy model, batch 2")
 print("| checkpoint ratio | fp32 | bf16 |\n|---|---|---|")
 bf16 = MochiDiT.from_config(cfg, dtype=torch.bfloat16).train(); bf16.load_state_dict(ref.state_dict())
 for r in (0.0, 0.5, 1.0):
-    print(f"| {r} | {saved_bytes(ours, torch.float32, r):.2f} | {saved_bytes(bf16, torch.bfloat16, r):.2f} |")
+    print(f"| {r} | {activation_mib(ours, torch.float32, r):.2f} | {activation_mib(bf16, torch.bfloat16, r):.2f} |")
 
 # 4. Mochi-10B under FSDP2, from the meta model
 big = MochiDiT.from_config("mochi-10b", device="meta")
@@ -117,19 +108,7 @@ for ranks in (1, 2, 4, 8):
 from fastvideo.dit import MochiBlock  # noqa: E402
 c = preset("mochi-10b").dit
 real_block = MochiBlock(c).to(torch.bfloat16)
-def block_saved(tokens):
-    weights, kept = {q.untyped_storage().data_ptr() for q in real_block.parameters()}, {}
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in weights: kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    x = torch.randn(1, tokens, c.inner_dim, dtype=torch.bfloat16, requires_grad=True)
-    t = torch.randn(1, 256, c.pooled_projection_dim, dtype=torch.bfloat16, requires_grad=True)
-    cond, angles = torch.randn(1, c.inner_dim, dtype=torch.bfloat16), torch.randn(tokens, c.num_attention_heads, c.attention_head_dim // 2)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s):
-        real_block(x, t, cond, (angles, torch.polar(torch.ones_like(angles), angles)), None)
-    return sum(kept.values())
-tokens = 512
-per_token = (block_saved(512) - block_saved(256)) / 256
+per_token = block_bytes_per_token(real_block, c)
 del real_block
 visual, sp, gpus, layers = 28 * 30 * 53, 4, 8, c.num_layers
 local = visual / sp
