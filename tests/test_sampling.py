@@ -99,7 +99,7 @@ def test_bad_settings_fail_before_loading(kwargs, message, monkeypatch):
         sampling.generate("toy", PROMPTS[0], **kwargs)
 
 
-def test_bad_model_folder_and_prompt_file(tmp_path):
+def test_bad_model_folder_and_prompt_file(tmp_path, cli):
     (tmp_path / "m" / "vae").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="missing transformer/, text_encoder/, tokenizer/, scheduler/"):
         sampling.check_model_folder(tmp_path / "m")
@@ -109,10 +109,10 @@ def test_bad_model_folder_and_prompt_file(tmp_path):
     empty.write_text("\n  \n")
     with pytest.raises(ValueError, match="holds no prompt"):
         sampling.read_prompts(prompt_path=empty)
-    res = fastvideo("sample", "--prompt_path", str(empty), "--output_path", str(tmp_path / "o"))
-    assert res.returncode == 2 and "holds no prompt" in res.stderr and str(empty) in res.stderr
-    res = fastvideo("sample", "--prompt", "x", "--scheduler_type", "ddim")
-    assert res.returncode == 2 and "invalid choice: 'ddim'" in res.stderr
+    code, err = cli("sample", "--prompt_path", empty, "--output_path", tmp_path / "o")
+    assert code == 2 and "holds no prompt" in err and str(empty) in err
+    code, err = cli("sample", "--prompt", "x", "--scheduler_type", "ddim")
+    assert code == 2 and "invalid choice: 'ddim'" in err
 
 
 SP_WORKER = """
@@ -147,7 +147,7 @@ def test_generate_under_sequence_parallel_equals_one_process(pipe, tmp_path, npr
     assert sp.shape == one.shape and np.abs(sp - one).max() <= 1e-4, np.abs(sp - one).max()
 
 
-def test_cli_sample_on_two_processes(tmp_path):
+def test_cli_sample_on_two_processes(tmp_path, cli):
     args = ["sample", "--prompt", PROMPTS[0], "--num_frames", "7", "--height", "32", "--width", "64",
             "--num_inference_steps", "2"]
     res = torchrun(2, "--no-python", str(Path(sys.executable).parent / "fastvideo"), *args, "--sp_size", "2",
@@ -156,7 +156,7 @@ def test_cli_sample_on_two_processes(tmp_path):
     assert res.stdout.count("videos, contact_sheet.png and settings.json in") == 1, res.stdout  # rank 0 alone closes
     assert [p.name for p in (tmp_path / "sp").glob("*.mp4")] == ["000_a_red_circle_moving_left.mp4"]
     assert json.loads((tmp_path / "sp" / "settings.json").read_text())["world_size"] == 2
-    assert fastvideo(*args, "--output_path", str(tmp_path / "one")).returncode == 0
+    assert cli(*args, "--output_path", tmp_path / "one")[0] == 0
     sp, one = (toy.read_media(tmp_path / d / "000_a_red_circle_moving_left.mp4").astype(int) for d in ("sp", "one"))
     # the float frames agree to 1e-4 (test above); after uint8 rounding and H.264 only rare pixels may differ
     assert sp.shape == one.shape and np.abs(sp - one).mean() < 0.5, np.abs(sp - one).mean()
@@ -164,8 +164,9 @@ def test_cli_sample_on_two_processes(tmp_path):
 
 def test_sample_leaves_a_callers_process_group_alone(tmp_path, monkeypatch):
     "Inside a launched notebook the process group belongs to the notebook: sample() must not destroy it."
-    import torch.distributed as dist
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1"); monkeypatch.setenv("MASTER_PORT", "29533")
+    import socket, torch.distributed as dist
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]  # free: tests may run side by side
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1"); monkeypatch.setenv("MASTER_PORT", str(port))
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         sampling.sample("toy", prompt=PROMPTS[0], output_path=tmp_path, num_frames=7, height=32, width=64,
@@ -210,19 +211,19 @@ def test_rerun_with_other_settings_is_refused_not_mislabelled(tmp_path):
         sampling.sample("toy", prompt=PROMPTS, output_path=out, num_inference_steps=3, **TINY)
 
 
-def test_cli_refuses_other_steps_and_bad_values(tmp_path):
+def test_cli_refuses_other_steps_and_bad_values(tmp_path, cli):
     base = ["sample", "--prompt", PROMPTS[0], "--num_frames", "7", "--height", "32", "--width", "48",
-            "--output_path", str(tmp_path / "o")]
-    assert fastvideo(*base, "--num_inference_steps", "2").returncode == 0
-    res = fastvideo(*base, "--num_inference_steps", "3")
-    assert res.returncode == 2 and "num_inference_steps was 2, now 3" in res.stderr and "--overwrite" in res.stderr
+            "--output_path", tmp_path / "o"]
+    assert cli(*base, "--num_inference_steps", "2")[0] == 0
+    code, err = cli(*base, "--num_inference_steps", "3")
+    assert code == 2 and "num_inference_steps was 2, now 3" in err and "--overwrite" in err
     for flag, value, message in [("--guidance_scale", "-1", "--guidance_scale=-1.0 must be a number >= 0"),
                                  ("--guidance_scale", "nan", "--guidance_scale=nan must be a number >= 0")]:
-        res = fastvideo(*base, flag, value)
-        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+        code, err = cli(*base, flag, value)
+        assert code == 2 and message in err, err
     (tmp_path / "file").write_text("x")
-    res = fastvideo(*base[:-1], str(tmp_path / "file"))
-    assert res.returncode == 2 and f"--output_path {tmp_path / 'file'} is a file" in res.stderr, res.stderr
+    code, err = cli(*base[:-1], tmp_path / "file")
+    assert code == 2 and f"--output_path {tmp_path / 'file'} is a file" in err, err
     with pytest.raises(ValueError, match="--guidance_scale=-0.5"):
         sampling.generate("toy", PROMPTS[0], guidance_scale=-0.5)
 

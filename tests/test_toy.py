@@ -1,5 +1,5 @@
 """The toy world end to end: written files, decord read-back, the exact scorer at scale, determinism, bad input."""
-import json, re, shutil, subprocess, sys
+import json, re, shutil
 from pathlib import Path
 
 import numpy as np
@@ -99,22 +99,17 @@ def test_items_do_not_depend_on_dataset_size(tmp_path):
     assert s[:2] == l[:2] and s[2] == l[5]
 
 
-def fastvideo(*args):
-    exe = Path(sys.executable).parent / "fastvideo"
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
-
-
-def test_cli_refuses_non_empty_folder_unless_overwrite(tmp_path):
+def test_cli_refuses_non_empty_folder_unless_overwrite(tmp_path, cli):
     out = tmp_path / "d"
-    assert fastvideo("toy-data", str(out), "--n_videos", "2", "--n_images", "1").returncode == 0
+    assert cli("toy-data", out, "--n_videos", "2", "--n_images", "1")[0] == 0
     before = {p.name: p.stat().st_mtime_ns for p in (out / "media").iterdir()}
-    res = fastvideo("toy-data", str(out), "--n_videos", "2")
-    assert res.returncode != 0 and "not empty" in res.stderr and str(out) in res.stderr
+    code, err = cli("toy-data", out, "--n_videos", "2")
+    assert code != 0 and "not empty" in err and str(out) in err
     assert before == {p.name: p.stat().st_mtime_ns for p in (out / "media").iterdir()}, "refusal must not touch files"
-    res = fastvideo("toy-data", str(out), "--n_videos", "3", "--n_images", "0", "--overwrite")
-    assert res.returncode == 0, res.stderr
+    code, err = cli("toy-data", out, "--n_videos", "3", "--n_images", "0", "--overwrite")
+    assert code == 0, err
     assert len(json.loads((out / "data.json").read_text())) == 3
-    assert "toy data" in res.stderr  # the progress bar
+    assert "toy data" in err  # the progress bar
 
 
 def test_a_moved_or_copied_folder_reads_its_own_media(tmp_path):
@@ -129,9 +124,9 @@ def test_a_moved_or_copied_folder_reads_its_own_media(tmp_path):
 
 
 @pytest.mark.parametrize("flag, value", [("--height", "50"), ("--width", "100"), ("--height", "0"), ("--fps", "0")])
-def test_cli_refuses_sizes_preprocessing_cannot_use(tmp_path, flag, value):
-    res = fastvideo("toy-data", str(tmp_path / "d"), "--n_videos", "1", "--n_images", "0", flag, value)
-    assert res.returncode == 2 and f"{flag}={value}" in res.stderr, res.stderr
+def test_cli_refuses_sizes_preprocessing_cannot_use(tmp_path, flag, value, cli):
+    code, err = cli("toy-data", tmp_path / "d", "--n_videos", "1", "--n_images", "0", flag, value)
+    assert code == 2 and f"{flag}={value}" in err, err
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir()), "nothing written on a refusal"
 
 

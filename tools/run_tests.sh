@@ -47,7 +47,12 @@ else
 fi
 
 py_log=$(mktemp)
-python -m pytest -q tests 2>&1 | tee "$py_log"; rc=${PIPESTATUS[0]}
+# Two pytest workers (pytest-xdist), one torch thread each: most tests wait on process start-up or run two torchrun
+# ranks, so two at a time fill 2 cores. Whole files go to one worker (module fixtures such as the teacher's scores are
+# computed once), the longest files first (tests/conftest.py orders them) so no worker is left with one at the end.
+workers=${PYTEST_WORKERS:-2}
+if [ "$workers" -gt 1 ]; then xdist=(-n "$workers" --dist loadfile); else xdist=(); fi
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python -m pytest -q "${xdist[@]}" --durations 15 tests 2>&1 | tee "$py_log"; rc=${PIPESTATUS[0]}
 last=$(grep -E '(passed|failed|error|no tests ran).* in [0-9.]+s' "$py_log" | tail -1)
 count() { echo "$last" | grep -oE "[0-9]+ $1" | grep -oE '^[0-9]+' | awk '{s+=$1} END {print s+0}'; }
 p=$(count passed); f=$(( $(count failed) + $(count 'errors?') ))
