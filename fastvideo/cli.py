@@ -16,7 +16,7 @@ from .distill import add_distill
 from .train import add_train
 
 # %% auto #0
-__all__ = ['DEMO_PROMPTS', 'SUBCOMMANDS', 'RESUME_HINTS', 'add_toy_data', 'demo', 'add_demo', 'parser', 'main']
+__all__ = ['DEMO_PROMPTS', 'DEMO_MODELS', 'SUBCOMMANDS', 'RESUME_HINTS', 'add_toy_data', 'demo', 'add_demo', 'parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #d2160b8d
 def _toy_data(args):
@@ -66,10 +66,19 @@ def _demo_data(root: Path, n_videos: int, n_images: int, seed: int):
     media.write_text(record, json.dumps(settings) + "\n")  # first, so an interrupted run is finished, not refused
     toy.make_dataset(root, n_videos=n_videos, n_images=n_images, seed=seed, overwrite=True)
 
-def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_steps=64, guidance_scale=4.5,
-         overwrite=False) -> dict:
+# what the demo samples with, per shipped model: (scheduler, steps, guidance, what it is)
+DEMO_MODELS = {"toy-fast": ("pcm_linear_quadratic", 8, 1.0, "the shipped toy student (guidance-distilled from the teacher by nbs/runs/distill.ipynb)"),
+               "toy": ("euler", 64, 4.5, "the shipped toy teacher (trained from scratch by nbs/runs/teacher.ipynb)")}
+
+def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_steps=None, guidance_scale=None,
+         overwrite=False, model_path="toy-fast") -> dict:
     """Run the toy pipeline into `output_dir`; returns the report also written to `report.json`. A rerun resumes;
-    samples made with other settings are refused unless `overwrite` (which regenerates them)."""
+    samples made with other settings are refused unless `overwrite` (which regenerates them). `model_path`: a
+    `DEMO_MODELS` name; `sample_steps` / `guidance_scale` default to that model's setting."""
+    if model_path not in DEMO_MODELS: raise ValueError(f"--model_path {model_path!r}: expected one of {', '.join(DEMO_MODELS)}")
+    scheduler_type, steps, guidance, what = DEMO_MODELS[model_path]
+    sample_steps = steps if sample_steps is None else sample_steps
+    guidance_scale = guidance if guidance_scale is None else guidance_scale
     import matplotlib.pyplot as plt
     from fastvideo import data, sampling
     out, started = Path(output_dir), time.time()
@@ -84,15 +93,15 @@ def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_step
     plt.close(fig)
     print("[demo] 2/4 preprocessing (toy VAE + toy T5; finished items are skipped)")
     summary = data.preprocess(root / "merge.txt", out / "preprocessed", "toy")
-    print(f"[demo] 3/4 sampling {len(DEMO_PROMPTS)} videos from the toy teacher: {sample_steps} Euler steps, guidance {guidance_scale}")
-    videos = sampling.sample("toy", prompt=DEMO_PROMPTS, output_path=out / "samples", num_inference_steps=sample_steps,
-                             guidance_scale=guidance_scale, seed=seed, overwrite=overwrite)
+    print(f"[demo] 3/4 sampling {len(DEMO_PROMPTS)} videos from {model_path}: {sample_steps} {scheduler_type} steps, guidance {guidance_scale}")
+    videos = sampling.sample(model_path, prompt=DEMO_PROMPTS, output_path=out / "samples", num_inference_steps=sample_steps,
+                             scheduler_type=scheduler_type, guidance_scale=guidance_scale, seed=seed, overwrite=overwrite)
     print("[demo] 4/4 scoring")
     report = {"data": toy.score_many(clips, captions), "preprocess": summary,
               "samples": toy.score_many([media.read_media(v) for v in videos], DEMO_PROMPTS),
               "sample_videos": [str(v) for v in videos],
-              "note": f"samples of the shipped toy teacher (trained from scratch by nbs/runs/teacher.ipynb), "
-                      f"{sample_steps} Euler steps, guidance {guidance_scale}, seed {seed}; the scorer checks each "
+              "note": f"samples of {what}, {sample_steps} {scheduler_type} steps, guidance {guidance_scale}, "
+                      f"seed {seed}; the scorer checks each "
                       "video against its caption (color, shape, motion, one object)"}
     media.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     print(_scores_line("toy data", report["data"]))
@@ -106,11 +115,13 @@ def add_demo(sub):
     p.add_argument("--n_videos", type=int, default=24, help="toy clips to generate")
     p.add_argument("--n_images", type=int, default=8, help="toy images to generate")
     p.add_argument("--seed", type=int, default=0, help="toy data and sampling seed")
-    p.add_argument("--sample_steps", type=int, default=64, help="Euler steps for the samples")
-    p.add_argument("--guidance_scale", type=float, default=4.5, help="classifier-free guidance for the samples")
+    p.add_argument("--model_path", default="toy-fast", choices=list(DEMO_MODELS),
+                   help="the shipped model to sample: the distilled student (8 PCM steps, guidance 1) or the teacher (64 Euler steps, guidance 4.5)")
+    p.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default: the model's, 8 or 64)")
+    p.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (default: the model's, 1 or 4.5)")
     p.add_argument("--overwrite", action="store_true", help="regenerate samples made with other sampling settings")
     p.set_defaults(func=lambda a: demo(a.output_dir, a.n_videos, a.n_images, a.seed, a.sample_steps, a.guidance_scale,
-                                       a.overwrite))
+                                       a.overwrite, a.model_path))
 
 # %% ../nbs/11_cli.ipynb #452f94b1
 SUBCOMMANDS = [add_toy_data, add_preprocess, add_train, add_distill, add_sample, add_launch, add_demo]

@@ -309,7 +309,7 @@ def _checked_run(output_dir, model_path, num_frames, height, width, train_fps, v
     out = Path(output_dir)
     _check_output_dir(out)
     root = resolve_model_path(model_path)
-    settings = {"model_path": "toy" if str(model_path) == "toy" else str(root.resolve()), "num_frames": num_frames,
+    settings = {"model_path": str(model_path) if str(model_path) in toy.TOY_MODELS else str(root.resolve()), "num_frames": num_frames,
                 "height": height, "width": width, "train_fps": None if train_fps is None else float(train_fps)}
     _check_settings(out, settings)  # compares only: the settings are pinned with the first item written
     return PreprocessRun(out, root, settings, batch_size)

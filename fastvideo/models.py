@@ -30,11 +30,11 @@ ENCODER_PARTS = ("vae", "text_encoder", "tokenizer")                            
 PIPELINE_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")  # what sampling loads
 
 def resolve_model_path(model_path, parts=ENCODER_PARTS) -> Path:
-    "The folder `model_path` names (`'toy'` is the shipped toy family), checked to hold each of `parts`."
-    root = toy.model_path() if str(model_path) == "toy" else Path(model_path)
+    "The folder `model_path` names (`'toy'`, `'toy-fast'`: the shipped toy models), checked to hold each of `parts`."
+    root = toy.model_path(model_path) if str(model_path) in toy.TOY_MODELS else Path(model_path)
     if not root.is_dir():
         raise FileNotFoundError(f"--model_path {root}: no such folder; expected a diffusers-format Mochi folder "
-                                f"with {', '.join(p + '/' for p in parts)} (or 'toy')")
+                                f"with {', '.join(p + '/' for p in parts)} (or 'toy', 'toy-fast')")
     missing = [p + "/" for p in parts if not (root / p).is_dir()]
     if missing:
         raise FileNotFoundError(f"--model_path {root}: missing {', '.join(missing)}; a Mochi folder holds "

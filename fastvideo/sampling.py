@@ -141,7 +141,7 @@ def latent_shape(pipe: Pipeline, num_frames: int, height: int, width: int) -> tu
 def default_video(model_path):
     """The clip size and frame rate a folder samples at by default: the toy world's for the toy family (`'toy'`, or a
     folder trained from it: its VAE is the toy's), else Mochi's 163 x 480 x 848 at 30 fps."""
-    if str(model_path) == "toy": return preset("toy").video
+    if str(model_path) in toy.TOY_MODELS: return preset("toy").video
     try: vae = json.loads((Path(model_path) / "vae" / "config.json").read_text())
     except (OSError, ValueError): vae = {}
     toy_vae = vae.get("encoder_block_out_channels") == list(preset("toy").vae.encoder_block_out_channels)
@@ -372,7 +372,7 @@ import matplotlib.pyplot as plt
 def add_sample(sub):
     "The `fastvideo sample` subcommand; flags keep the names of FastVideo's sample_t2v_mochi.py."
     p = sub.add_parser("sample", help="generate videos from text")
-    p.add_argument("--model_path", default="toy", help="diffusers-format Mochi folder, or 'toy'")
+    p.add_argument("--model_path", default="toy", help="diffusers-format Mochi folder, or 'toy' (the teacher) / 'toy-fast' (its student)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", help="one prompt")
     g.add_argument("--prompt_path", help="a text file with one prompt per line")

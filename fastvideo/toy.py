@@ -20,9 +20,9 @@ _all_ = ["read_media", "read_video", "write_jpg", "write_mp4", "write_text"]
 
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'MOTIONS', 'BACKGROUND', 'TOY_VIDEO', 'MARGIN', 'OBJECT_SIZES', 'BRIGHT', 'STILL_PIXELS',
-           'caption_for', 'all_captions', 'parse_caption', 'ClipSpec', 'sample_spec', 'shape_mask', 'render',
-           'frame_grid', 'to_gif', 'score', 'score_many', 'object_size', 'item_spec', 'make_dataset', 'model_path',
-           'read_media', 'read_video', 'write_jpg', 'write_mp4', 'write_text']
+           'TOY_MODELS', 'caption_for', 'all_captions', 'parse_caption', 'ClipSpec', 'sample_spec', 'shape_mask',
+           'render', 'frame_grid', 'to_gif', 'score', 'score_many', 'object_size', 'item_spec', 'make_dataset',
+           'model_path', 'read_media', 'read_video', 'write_jpg', 'write_mp4', 'write_text']
 
 # %% ../nbs/01_toy.ipynb #1f9581e8
 COLORS = {"red": (230, 30, 30), "green": (30, 210, 50), "blue": (40, 80, 255),
@@ -265,9 +265,14 @@ def make_dataset(out_dir, n_videos: int = 64, n_images: int = 16, seed: int = 0,
     return merge
 
 # %% ../nbs/01_toy.ipynb #9a74a1ca
-def model_path() -> Path:
-    "The folder of the shipped toy model family (diffusers layout: transformer/ vae/ text_encoder/ tokenizer/ ...)."
-    path = Path(__file__).parent / "assets" / "toy_model"
+TOY_MODELS = {"toy": "toy_model", "toy-fast": "toy_fast"}  # --model_path name: folder under fastvideo/assets/
+
+def model_path(name: str = "toy") -> Path:
+    """The folder of a shipped toy model (diffusers layout: transformer/ vae/ text_encoder/ tokenizer/ ...): `'toy'`
+    the teacher, `'toy-fast'` its guidance-distilled PCM student (its own transformer/, the teacher's other parts)."""
+    if str(name) not in TOY_MODELS:
+        raise ValueError(f"unknown toy model {name!r}; expected one of {', '.join(TOY_MODELS)}")
+    path = Path(__file__).parent / "assets" / TOY_MODELS[str(name)]
     if not path.is_dir():
-        raise FileNotFoundError(f"the toy model folder {path} is missing; it is built by the data stage notebook")
+        raise FileNotFoundError(f"the toy model folder {path} is missing; the teacher and distillation run notebooks install it")
     return path

@@ -424,7 +424,7 @@ def config_from_flags(a, config_class):
 def add_train(sub):
     "The `fastvideo train` subcommand: every `TrainConfig` field as a flag of its name."
     p = sub.add_parser("train", help="fine-tune the DiT on preprocessed latents")
-    p.add_argument("--model_path", default="toy", help="diffusers-format Mochi folder, or 'toy'")
+    p.add_argument("--model_path", default="toy", help="diffusers-format Mochi folder, or 'toy' (the teacher) / 'toy-fast' (its student)")
     add_config_flags(p, TrainConfig)
     p.add_argument("--from_scratch", action="store_true", help="build the DiT from --model_path's transformer config "
                    "with the kit's initialisation (fastvideo.dit.init_weights, seeded by --seed) instead of loading its weights")
