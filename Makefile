@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test venv clean-venv browser
 
 $(STAMP): setup.py settings.ini
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fastvideo demo --output_dir outputs/demo
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium through its chromedriver: installed here when run as root (CI is), else
+# the browser tests skip (and fail under CI, where CI is set).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "make: chromium and chromium-driver are missing (apt-get install them as root); the browser tests will skip"; fi; \
+	fi
+
+test: $(STAMP) browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash tools/run_tests.sh
 
 clean-venv:
