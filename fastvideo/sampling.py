@@ -92,8 +92,11 @@ def prepare_latents(batch: int, latent_shape: tuple, seed=None, device="cpu", dt
 
 @torch.no_grad()
 def denoise(transformer, latents: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, schedule: Schedule,
-            guidance_scale: float = 4.5, force_guidance: bool = False, progress: bool = True) -> torch.Tensor:
-    "Run `schedule` from `latents` (pure noise) to clean latents. `embeds`/`mask` hold (negative ; positive) with guidance."
+            guidance_scale: float = 4.5, force_guidance: bool = False, progress: bool = True,
+            step_callback=None) -> torch.Tensor:
+    """Run `schedule` from `latents` (pure noise) to clean latents. `embeds`/`mask` hold (negative ; positive) with guidance.
+    `step_callback(step, num_steps, latents)` runs after each step (1-based `step`): a progress bar, or an exception
+    raised there to stop between steps (what the interactive sampler's Stop does)."""
     guided = guidance_scale > 1 or force_guidance
     dtype = latents.dtype
     for i in tqdm(range(len(schedule)), desc="denoise", unit="step", disable=not progress):
@@ -105,6 +108,7 @@ def denoise(transformer, latents: torch.Tensor, embeds: torch.Tensor, mask: torc
             uncond, cond = velocity.chunk(2)
             velocity = uncond + guidance_scale * (cond - uncond)
         latents = euler_step(latents, velocity, schedule.sigmas[i], schedule.sigmas[i + 1]).to(dtype)
+        if step_callback is not None: step_callback(i + 1, len(schedule), latents)
     return latents
 
 # %% ../nbs/06_sampling.ipynb #38a9a959
@@ -168,10 +172,11 @@ def generate(model_path, prompt, negative_prompt=None, num_frames: int | None = 
              output_type: str = "np", linear_threshold: float = 0.025, linear_range: float = 0.5,
              num_euler_timesteps: int = 50, shift: float = 1.0, pipeline: Pipeline | None = None,
              torch_dtype=torch.float32, device="cpu", vae_tiling: bool = False, progress: bool = True,
-             lora_path=None, lora_scale=1.0, fuse_lora: bool = False):
+             lora_path=None, lora_scale=1.0, fuse_lora: bool = False, step_callback=None):
     """Videos for `prompt` (str or list): float frames (B, T, H, W, 3) in [0, 1] for `'np'`, DiT latents for `'latent'`.
     `lora_path` (one adapter file or folder, or a list) applies LoRA adapters at `lora_scale` (one, or one each) for
-    this call only; `fuse_lora` merges them into the weights meanwhile (see the LoRA lesson)."""
+    this call only; `fuse_lora` merges them into the weights meanwhile (see the LoRA lesson). `step_callback` is
+    `denoise`'s: called after every step, it may raise to stop."""
     num_frames, height, width, schedule = _clip_and_schedule(
         model_path, num_frames, height, width, scheduler_type, num_inference_steps, guidance_scale, num_euler_timesteps=num_euler_timesteps,
         linear_threshold=linear_threshold, linear_range=linear_range, shift=shift)
@@ -192,7 +197,7 @@ def generate(model_path, prompt, negative_prompt=None, num_frames: int | None = 
     else: adapters = contextlib.nullcontext()
     with adapters:
         latents = denoise(transformer, shard(latents, 2), embeds, mask, schedule, guidance_scale,
-                          progress=progress and is_main())
+                          progress=progress and is_main(), step_callback=step_callback)
     latents = gather(latents, 2, length=latent_frames)  # every rank holds the whole clean latents again
     return latents if output_type == "latent" else decode(pipe.vae, latents)
 

@@ -32,7 +32,8 @@ def execute(path: Path, skip_slow: bool):
             skipped[i] = (cell.source, cell.outputs)
             cell.source = ""
     with tempfile.TemporaryDirectory(prefix="fastvideo-lessons-") as sockets:
-        NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
+        # store_widget_state=False: a widget's state (its video bytes) would bloat the lesson; its screenshot shows it
+        NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}, store_widget_state=False,
                        kernel_manager_class=ipc_kernel_manager(sockets)).execute()
     for i, (source, outputs) in skipped.items():
         nb.cells[i].source, nb.cells[i].outputs = source, outputs
