@@ -43,6 +43,29 @@ def test_readme_states_the_real_defaults():
     assert checked >= 15, f"only {checked} defaults found: did the README's command block move?"
 
 
+def readme_all_commands():
+    "Every `fastvideo X ...` and `torchrun ... -m fastvideo.cli X ...` command in the README's bash blocks (continued lines joined)."
+    text, commands = (ROOT / "README.md").read_text(), []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0].strip()
+            if line.startswith("fastvideo "): commands.append(line.split()[1:])
+            elif "-m fastvideo.cli " in line: commands.append(line.split("-m fastvideo.cli ")[1].split())
+    return commands
+
+
+def test_every_readme_command_names_real_flags():
+    "The tour's commands (N GPUs, a real Mochi folder) and the reference block use only flags the commands have."
+    commands = readme_all_commands()
+    assert len(commands) >= 20 and any(c[0] == "distill" for c in commands), len(commands)
+    for words in commands:
+        options = {s for a in subparser(words[0])._actions for s in a.option_strings}
+        for w in words[1:]:
+            w = w.strip("[]")
+            if w.startswith("--"):
+                assert w in options, f"README: `fastvideo {words[0]}` has no flag {w}"
+
+
 def test_ctrl_c_ends_with_one_line_and_a_resumable_folder(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"a red circle moving left {i}" for i in range(400)) + "\n")
