@@ -24,10 +24,11 @@ _all_ = ["PIPELINE_PARTS", "check_model_folder", "add_toy_transformer"]
 from .schedulers import SCHEDULER_TYPES, Schedule, euler_step, make_schedule
 
 # %% auto #0
-__all__ = ['VIDEO_SETTINGS', 'CONTACT_SHEET_MAX', 'Pipeline', 'read_prompts', 'encode', 'prepare_latents', 'denoise', 'decode',
-           'to_uint8', 'load_pipeline', 'latent_shape', 'default_video', 'generate', 'slug', 'SampleRun',
-           'model_fingerprint', 'sample', 'settings_differences', 'videos_to_make', 'add_sample', 'toy_scores',
-           'PIPELINE_PARTS', 'check_model_folder', 'add_toy_transformer']
+__all__ = ['TEACHER_SETTING', 'SCHEDULE_KNOBS', 'VIDEO_SETTINGS', 'CONTACT_SHEET_MAX', 'Pipeline', 'read_prompts', 'encode',
+           'prepare_latents', 'denoise', 'decode', 'to_uint8', 'load_pipeline', 'latent_shape', 'default_video',
+           'folder_settings', 'with_folder_settings', 'generate', 'slug', 'SampleRun', 'model_fingerprint', 'sample',
+           'settings_differences', 'videos_to_make', 'add_sample', 'toy_scores', 'PIPELINE_PARTS', 'check_model_folder',
+           'add_toy_transformer']
 
 # %% ../nbs/06_sampling.ipynb #0b19af90
 @dataclass
@@ -165,21 +166,62 @@ def _clip_and_schedule(model_path, num_frames, height, width, scheduler_type, nu
     check_clip_size(num_frames, height, width)
     return num_frames, height, width, make_schedule(scheduler_type, num_inference_steps, **schedule_args)
 
+# %% ../nbs/06_sampling.ipynb #28592357
+TEACHER_SETTING = dict(scheduler_type="euler", num_inference_steps=64, guidance_scale=4.5)  # Mochi's own
+SCHEDULE_KNOBS = dict(linear_threshold=0.025, linear_range=0.5, num_euler_timesteps=50, shift=1.0)  # make_schedule's
+
+def _student_steps(phase_schedule, steps: int = 8) -> int:
+    "`steps`, rounded up to a multiple of the student's last phase count so that every phase edge is a step."
+    try: phases = int(str(phase_schedule).split(",")[-1].split("-")[1])
+    except (IndexError, ValueError): return steps
+    return -(-steps // phases) * phases if phases > 0 else steps
+
+def folder_settings(model_path) -> dict:
+    """How `model_path` samples unless told otherwise: a PCM student (a folder with the `distill_config.json` that
+    `fastvideo distill` writes) 8 steps on the grid it was distilled on, at guidance 1 when guidance was distilled in
+    and Mochi's 4.5 when not; any other folder (or one that does not exist: loading reports it) Mochi's setting."""
+    settings = TEACHER_SETTING | SCHEDULE_KNOBS
+    try: root = toy.model_path(model_path) if str(model_path) in toy.TOY_MODELS else Path(model_path)
+    except (ValueError, FileNotFoundError): return settings
+    try: d = json.loads((root / "distill_config.json").read_text())
+    except (OSError, ValueError): return settings
+    if not isinstance(d, dict): return settings
+    scheduler_type = d.get("scheduler_type", "pcm_linear_quadratic")
+    guided_in = (d.get("distill_cfg") or 0) > 1 and not d.get("not_apply_cfg_solver", False)
+    return settings | dict(
+        scheduler_type=scheduler_type, num_inference_steps=_student_steps(d.get("multi_phased_distill_schedule")),
+        guidance_scale=1.0 if guided_in else TEACHER_SETTING["guidance_scale"],
+        linear_threshold=d.get("linear_quadratic_threshold", SCHEDULE_KNOBS["linear_threshold"]),
+        linear_range=d.get("linear_range", SCHEDULE_KNOBS["linear_range"]),
+        num_euler_timesteps=d.get("num_euler_timesteps", SCHEDULE_KNOBS["num_euler_timesteps"]),
+        shift=d.get("shift", 1.0) if scheduler_type == "pcm" else 1.0)  # the linear-quadratic grid has no shift
+
+def with_folder_settings(model_path, **given) -> dict:
+    "`given` with every `None` replaced by `folder_settings(model_path)`'s value."
+    own = folder_settings(model_path)
+    return {k: own[k] if v is None else v for k, v in given.items()}
+
 # %% ../nbs/06_sampling.ipynb #d212cef4
 def generate(model_path, prompt, negative_prompt=None, num_frames: int | None = None, height: int | None = None,
-             width: int | None = None, num_inference_steps: int = 64, guidance_scale: float = 4.5,
-             scheduler_type: str = "euler", seed: int | None = None, latents: torch.Tensor | None = None,
-             output_type: str = "np", linear_threshold: float = 0.025, linear_range: float = 0.5,
-             num_euler_timesteps: int = 50, shift: float = 1.0, pipeline: Pipeline | None = None,
+             width: int | None = None, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+             scheduler_type: str | None = None, seed: int | None = None, latents: torch.Tensor | None = None,
+             output_type: str = "np", linear_threshold: float | None = None, linear_range: float | None = None,
+             num_euler_timesteps: int | None = None, shift: float | None = None, pipeline: Pipeline | None = None,
              torch_dtype=torch.float32, device="cpu", vae_tiling: bool = False, progress: bool = True,
              lora_path=None, lora_scale=1.0, fuse_lora: bool = False, step_callback=None):
     """Videos for `prompt` (str or list): float frames (B, T, H, W, 3) in [0, 1] for `'np'`, DiT latents for `'latent'`.
     `lora_path` (one adapter file or folder, or a list) applies LoRA adapters at `lora_scale` (one, or one each) for
     this call only; `fuse_lora` merges them into the weights meanwhile (see the LoRA lesson). `step_callback` is
-    `denoise`'s: called after every step, it may raise to stop."""
+    `denoise`'s: called after every step, it may raise to stop. Sampling settings left at `None` are the folder's own
+    (`folder_settings`: Mochi's 64 Euler steps at guidance 4.5, or a PCM student's grid and steps)."""
+    s = with_folder_settings(model_path, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                             scheduler_type=scheduler_type, linear_threshold=linear_threshold, linear_range=linear_range,
+                             num_euler_timesteps=num_euler_timesteps, shift=shift)
+    guidance_scale = s["guidance_scale"]
     num_frames, height, width, schedule = _clip_and_schedule(
-        model_path, num_frames, height, width, scheduler_type, num_inference_steps, guidance_scale, num_euler_timesteps=num_euler_timesteps,
-        linear_threshold=linear_threshold, linear_range=linear_range, shift=shift)
+        model_path, num_frames, height, width, s["scheduler_type"], s["num_inference_steps"], guidance_scale,
+        num_euler_timesteps=s["num_euler_timesteps"], linear_threshold=s["linear_threshold"], linear_range=s["linear_range"],
+        shift=s["shift"])
     if output_type not in ("np", "latent"): raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
     prompts = read_prompts(prompt)
     pipe = pipeline or load_pipeline(model_path, torch_dtype, device, vae_tiling)
@@ -261,14 +303,20 @@ def model_fingerprint(root: Path) -> str:
     return digest.hexdigest()[:16]
 
 def sample(model_path, prompt=None, prompt_path=None, output_path="outputs/samples", negative_prompt=None,
-           num_frames=None, height=None, width=None, num_inference_steps=64, guidance_scale=4.5,
-           scheduler_type="euler", seed=1024, linear_threshold=0.025, linear_range=0.5, num_euler_timesteps=50,
-           shift=1.0, fps=None, batch_size=1, torch_dtype="float32", vae_tiling=False, overwrite=False,
+           num_frames=None, height=None, width=None, num_inference_steps=None, guidance_scale=None,
+           scheduler_type=None, seed=1024, linear_threshold=None, linear_range=None, num_euler_timesteps=None,
+           shift=None, fps=None, batch_size=1, torch_dtype="float32", vae_tiling=False, overwrite=False,
            sp_size=1, lora_path=None, lora_scale=1.0) -> list:
     """Generate a video per prompt into `output_path` (mp4s with their settings records, contact_sheet.png,
     settings.json); returns the mp4 paths. A video already there is kept only if it was made with the same settings;
     other settings are refused (naming them) unless `overwrite`. Under torchrun, `sp_size` ranks share each video
-    (sequence parallel) and the SP groups share out the prompts. `lora_path` / `lora_scale`: as `generate`'s."""
+    (sequence parallel) and the SP groups share out the prompts. `lora_path` / `lora_scale`: as `generate`'s. Sampling
+    settings left at `None` are the folder's own (`folder_settings`), and the records hold the values used."""
+    s = with_folder_settings(model_path, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                             scheduler_type=scheduler_type, linear_threshold=linear_threshold, linear_range=linear_range,
+                             num_euler_timesteps=num_euler_timesteps, shift=shift)
+    num_inference_steps, guidance_scale, scheduler_type = s["num_inference_steps"], s["guidance_scale"], s["scheduler_type"]
+    linear_threshold, linear_range, num_euler_timesteps, shift = (s[k] for k in SCHEDULE_KNOBS)
     num_frames, height, width, _ = _clip_and_schedule(model_path, num_frames, height, width, scheduler_type,
                                                       num_inference_steps, guidance_scale, shift=shift,
                                                       num_euler_timesteps=num_euler_timesteps,
@@ -385,14 +433,15 @@ def add_sample(sub):
     p.add_argument("--num_frames", type=int, default=None, help="pixel frames; (frames-1) %% 6 == 0")
     p.add_argument("--height", type=int, default=None, help="pixels, multiple of 16")
     p.add_argument("--width", type=int, default=None, help="pixels, multiple of 16")
-    p.add_argument("--num_inference_steps", type=int, default=64, help="denoising steps (8 for FastMochi)")
-    p.add_argument("--guidance_scale", type=float, default=4.5, help="classifier-free guidance; <= 1 turns it off")
+    own = "default: the folder's own, 64 for a teacher, 8 for a PCM student (its distill_config.json)"
+    p.add_argument("--num_inference_steps", type=int, default=None, help=f"denoising steps ({own})")
+    p.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance; <= 1 turns it off (default: 4.5, 1 for a guidance-distilled student)")
     p.add_argument("--seed", type=int, default=1024, help="noise seed of the first prompt (the i-th uses seed + i)")
-    p.add_argument("--scheduler_type", default="euler", choices=SCHEDULER_TYPES, help="sigma schedule")
-    p.add_argument("--linear_threshold", type=float, default=0.025, help="PCM: noise covered by the linear part")
-    p.add_argument("--linear_range", type=float, default=0.5, help="PCM: fraction of the table that is linear")
-    p.add_argument("--num_euler_timesteps", type=int, default=50, help="PCM: grid points the student was distilled on")
-    p.add_argument("--shift", type=float, default=1.0, help="timestep shift (1 = none)")
+    p.add_argument("--scheduler_type", default=None, choices=SCHEDULER_TYPES, help="sigma schedule (default: euler, a student's PCM grid)")
+    p.add_argument("--linear_threshold", type=float, default=None, help="PCM: noise covered by the linear part (default: 0.025, a student's own)")
+    p.add_argument("--linear_range", type=float, default=None, help="PCM: fraction of the table that is linear (default: 0.5, a student's own)")
+    p.add_argument("--num_euler_timesteps", type=int, default=None, help="PCM: grid points the student was distilled on (default: 50, a student's own)")
+    p.add_argument("--shift", type=float, default=None, help="timestep shift (default: 1 = none, a pcm student's own)")
     p.add_argument("--fps", type=float, default=None, help="frames per second of the mp4 (default: the preset's)")
     p.add_argument("--batch_size", type=int, default=1, help="prompts per forward pass")
     p.add_argument("--torch_dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -410,11 +459,12 @@ def add_sample(sub):
     p.set_defaults(func=run)
 
 # %% ../nbs/06_sampling.ipynb #52cd9cae
-def toy_scores(model_path="toy", seeds=(0, 1), num_inference_steps: int = 64, guidance_scale: float = 4.5,
-               scheduler_type: str = "euler", captions=None, pipeline: Pipeline | None = None,
+def toy_scores(model_path="toy", seeds=(0, 1), num_inference_steps: int | None = None, guidance_scale: float | None = None,
+               scheduler_type: str | None = None, captions=None, pipeline: Pipeline | None = None,
                return_videos: bool = False, progress: bool = True, **generate_kwargs):
     """The toy scorer's accuracy per attribute (and their `mean`, over `n` videos) of a model sampling every caption in
-    `captions` (default: the world's 90) from every seed in `seeds`; with `return_videos`, also the uint8 videos."""
+    `captions` (default: the world's 90) from every seed in `seeds`; with `return_videos`, also the uint8 videos. Settings
+    left at `None`: the folder's own (`folder_settings`)."""
     captions = list(captions) if captions is not None else toy.all_captions()
     v = toy.TOY_VIDEO  # the world's clip size, whatever the folder's own defaults
     generate_kwargs = {"num_frames": v.num_frames, "height": v.height, "width": v.width} | generate_kwargs

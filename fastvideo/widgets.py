@@ -12,26 +12,18 @@ import ipywidgets as W
 import numpy as np
 
 from . import media, toy
-from .sampling import default_video, generate, load_pipeline, to_uint8
+from .sampling import TEACHER_SETTING, default_video, folder_settings, generate, load_pipeline, to_uint8
 from .schedulers import SCHEDULER_TYPES
 
 # %% auto #0
-__all__ = ['TEACHER_SETTING', 'model_settings', 'Settings', 'Result', 'Stopped', 'fps_of', 'mp4_bytes', 'verdict', 'sample_one',
-           'one_line', 'verdict_html', 'thumbnail', 'Sampler', 'compare', 'Comparison']
+__all__ = ['model_settings', 'Settings', 'Result', 'Stopped', 'fps_of', 'mp4_bytes', 'verdict', 'sample_one', 'one_line',
+           'verdict_html', 'thumbnail', 'Sampler', 'compare', 'Comparison']
 
 # %% ../nbs/10_widgets.ipynb #c2ddad34
-TEACHER_SETTING = dict(scheduler_type="euler", num_inference_steps=64, guidance_scale=4.5)  # Mochi's own
-
 def model_settings(model_path) -> dict:
-    """How a folder samples best: a PCM student (its folder holds the `distill_config.json` that `fastvideo distill`
-    writes) at 8 steps of its grid, guidance 1 when guidance was distilled in; anything else as Mochi samples."""
-    try: root = toy.model_path(model_path) if str(model_path) in toy.TOY_MODELS else Path(model_path)
-    except (ValueError, FileNotFoundError): return dict(TEACHER_SETTING)
-    try: distilled = json.loads((root / "distill_config.json").read_text())
-    except (OSError, ValueError): return dict(TEACHER_SETTING)
-    guided_in = distilled.get("distill_cfg", 0) > 1 and not distilled.get("not_apply_cfg_solver", False)
-    return dict(scheduler_type=distilled.get("scheduler_type", "pcm_linear_quadratic"), num_inference_steps=8,
-                guidance_scale=1.0 if guided_in else TEACHER_SETTING["guidance_scale"])
+    """The controls' part of `sampling.folder_settings`: the scheduler, steps and guidance `model_path` samples at (a
+    PCM student's grid comes from its folder when it samples)."""
+    return {k: v for k, v in folder_settings(model_path).items() if k in TEACHER_SETTING}
 
 # %% ../nbs/10_widgets.ipynb #ce76ee8f
 @dataclass

@@ -302,3 +302,28 @@ def test_pipeline_cache_reloads_new_weights(tmp_path):
     weights = next((model / "transformer").glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # new weights written
     assert sampling.load_pipeline(model) is not first
+
+
+def test_a_student_folder_samples_at_its_own_setting(tmp_path, cli):
+    "No setting flags: toy-fast samples 8 steps of its PCM grid at guidance 1 (its distill_config.json); a flag wins."
+    tiny = ["--num_frames", "7", "--height", "32", "--width", "48"]
+    code, err = cli("sample", "--model_path", "toy-fast", "--prompt", PROMPTS[0], *tiny, "--output_path", tmp_path / "own")
+    assert code == 0, err
+    record = json.loads((tmp_path / "own" / "000_a_red_circle_moving_left.json").read_text())
+    own = sampling.folder_settings("toy-fast")
+    assert own["scheduler_type"] == "pcm_linear_quadratic" and own["num_inference_steps"] == 8 and own["guidance_scale"] == 1.0
+    assert {k: record[k] for k in own} == own
+    code, err = cli("sample", "--model_path", "toy-fast", "--prompt", PROMPTS[0], *tiny, "--num_inference_steps", "4",
+                    "--output_path", tmp_path / "four")
+    assert code == 0, err
+    record = json.loads((tmp_path / "four" / "000_a_red_circle_moving_left.json").read_text())
+    assert (record["num_inference_steps"], record["scheduler_type"], record["guidance_scale"]) == (4, "pcm_linear_quadratic", 1.0)
+    # the folder's setting is exactly the explicit one: the same latents
+    pipe = sampling.load_pipeline("toy-fast")
+    implicit = sampling.generate("toy-fast", PROMPTS[0], seed=3, pipeline=pipe, progress=False, output_type="latent", **TINY)
+    explicit = sampling.generate("toy-fast", PROMPTS[0], seed=3, pipeline=pipe, progress=False, output_type="latent",
+                                 **{k: v for k, v in own.items()}, **TINY)
+    assert torch.equal(implicit, explicit)
+    teacher_way = sampling.generate("toy-fast", PROMPTS[0], seed=3, pipeline=pipe, progress=False, output_type="latent",
+                                    num_inference_steps=8, scheduler_type="euler", guidance_scale=4.5, **TINY)
+    assert not torch.equal(implicit, teacher_way)
