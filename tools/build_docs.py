@@ -177,7 +177,7 @@ class Links:
         self.by_page = set(pages.values())
         self.git_blob = f"{cfg.git_url.rstrip('/')}/blob/{cfg.get('branch', 'main')}/"
         self.doc_url = f"{cfg.doc_host.rstrip('/')}{cfg.doc_baseurl.rstrip('/')}/"
-        self.copied, self.missing = set(), []
+        self.copied, self.missing, self.ids, self.dropped = set(), [], {}, 0
 
     def rewrite(self, body: str, page: str, src_dir: str) -> str:
         """`page`: the page's path in the site; `src_dir`: the folder its links are relative to, relative to the
@@ -188,8 +188,11 @@ class Links:
             attr, url = m[1], html.unescape(m[2])
             if url.startswith(self.doc_url):  # nbdev's doc link: the page of this site it names
                 path, _, anchor = url[len(self.doc_url):].partition("#")
-                if path in self.by_page: return f'{attr}="{here(path)}{"#" + anchor if anchor else ""}"'
-                return m[0]
+                if path not in self.by_page: return m[0]
+                if anchor and anchor not in self.ids.get(path, ()):  # a name the page does not document: its top
+                    anchor, self.dropped = "", self.dropped + 1
+                return f'{attr}="{here(path)}{"#" + anchor if anchor else ""}"'
+
             if re.match(r"^([a-z][a-z0-9+.-]*:|#|//)", url, re.I) or not url: return m[0]
             path, _, anchor = url.partition("#")
             anchor = "#" + anchor if anchor else ""
@@ -209,24 +212,29 @@ class Links:
 
 
 # ---- the page ---------------------------------------------------------------------------------------------------
+def inline(title: str) -> str:
+    "A title's `code` as <code>, the rest escaped."
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(title))
+
+
 def shell(title, description, body, page, nav, cfg, prev_next) -> str:
     depth = page.count("/")
     up = "../" * depth
     items = []
     for p, t in nav:
         cls = ' class="active" aria-current="page"' if p == page else ""
-        items.append(f'<li><a href="{relpath(p, os.path.dirname(page) or ".")}"{cls}>{html.escape(t)}</a></li>')
+        items.append(f'<li><a href="{relpath(p, os.path.dirname(page) or ".")}"{cls}>{inline(t)}</a></li>')
     prev, nxt = prev_next
     def pn(entry, label, cls):
         if not entry: return "<span></span>"
         p, t = entry
         return (f'<a class="{cls}" href="{relpath(p, os.path.dirname(page) or ".")}"><small>{label}</small>'
-                f'<span>{html.escape(t)}</span></a>')
+                f'<span>{inline(t)}</span></a>')
     desc = f'<div class="description">{description}</div>' if description else ""
-    heading = f'<h1 class="title">{html.escape(title)}</h1>' if title else ""
+    heading = f'<h1 class="title">{inline(title)}</h1>' if title else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title or cfg.title)} – {html.escape(cfg.title)}</title>
+<title>{html.escape((title or cfg.title).replace("`", ""))} – {html.escape(cfg.title)}</title>
 <link rel="stylesheet" href="{up}site.css"><link rel="stylesheet" href="{up}styles.css">
 </head><body>
 <header class="navbar"><a class="brand" href="{up}index.html">{html.escape(cfg.title)}</a>
@@ -261,17 +269,15 @@ def fallback_docs(output_dir: Path, proc_dir: Path) -> int:
     if output_dir.exists(): shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True)
     links = Links(cfg, nbs, proc_dir, output_dir, pages)
-    exporter = HTMLExporter(template_file=str(TEMPLATE), exclude_input_prompt=True, exclude_output_prompt=True)
+    from traitlets.config import Config
+    c = Config()  # the filter that picks an output's richest type reads this (gif and mp4 added: lessons show clips)
+    c.NbConvertBase.display_data_priority = ["image/gif", "video/mp4", "text/html", "image/svg+xml", "image/png",
+                                             "image/jpeg", "text/markdown", "text/plain"]
+    exporter = HTMLExporter(config=c, template_file=str(TEMPLATE), exclude_input_prompt=True, exclude_output_prompt=True)
     exporter.extra_template_basedirs = [str(TEMPLATE.parent)]
-    exporter.mathjax_url = ""
-    exporter.require_js_url = ""
-    exporter.widget_renderer_url = ""
-    exporter.embed_images = False
-    exporter.display_data_priority = ["image/gif", "video/mp4", "text/html", "image/svg+xml", "image/png",
-                                      "image/jpeg", "text/markdown", "text/plain"]
-    for i, rel in enumerate(order):
+    bodies = {}  # first every page's body, so links can be checked against the anchors of the page they name
+    for rel in order:
         nb, fm = notebooks[rel]
-        page = pages[rel]
         src_dir = normpath(f"nbs/{os.path.dirname(rel)}") if os.path.dirname(rel) else "nbs"
         if rel == cfg.readme_nb:  # the home page: README.md, as on GitHub
             body = markdown2html_mistune(quarto_markdown((ROOT / "README.md").read_text()))
@@ -280,8 +286,12 @@ def fallback_docs(output_dir: Path, proc_dir: Path) -> int:
             body, _ = exporter.from_notebook_node(prepare_cells(nb), resources={"metadata": {"path": str(proc_dir / os.path.dirname(rel))}})
             title = fm.get("title") or Path(rel).stem
             desc = markdown2html_mistune(fm["description"]).strip().removeprefix("<p>").removesuffix("</p>") if fm.get("description") else ""
-        body = links.rewrite(fix_heading_ids(body), page, src_dir)
-        desc = links.rewrite(desc, page, src_dir)
+        bodies[rel] = (title, desc, fix_heading_ids(body), src_dir)
+        links.ids[pages[rel]] = set(re.findall(r'\bid="([^"]+)"', bodies[rel][2]))
+    for i, rel in enumerate(order):
+        title, desc, body, src_dir = bodies[rel]
+        page = pages[rel]
+        body, desc = links.rewrite(body, page, src_dir), links.rewrite(desc, page, src_dir)
         prev_next = (nav[i - 1] if i else None, nav[i + 1] if i + 1 < len(nav) else None)
         (output_dir / page).parent.mkdir(parents=True, exist_ok=True)
         (output_dir / page).write_text(shell(title, desc, body, page, nav, cfg, prev_next))
@@ -292,6 +302,7 @@ def fallback_docs(output_dir: Path, proc_dir: Path) -> int:
     (output_dir / "site.css").write_text(SITE_CSS.read_text() + "\n/* code: pygments */\n"
                                          + HtmlFormatter(style="default").get_style_defs(".highlight"))
     for m in links.missing: print(f"docs: WARNING a link to nothing: {m}")
+    if links.dropped: print(f"docs: {links.dropped} doc links name a symbol no show_doc documents: they open its page")
     print(f"docs: {len(order)} pages in {output_dir.name}/ (fallback renderer: Quarto not installed) "
           f"in {time.monotonic() - t0:.0f} s")
     return 1 if links.missing else 0
