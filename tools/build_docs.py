@@ -217,7 +217,17 @@ def inline(title: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(title))
 
 
-def shell(title, description, body, page, nav, cfg, prev_next) -> str:
+MATHJAX = """<script>window.MathJax = {tex: {inlineMath: [['$', '$'], ['\\\\(', '\\\\)']]}};</script>
+<script async src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-chtml.js"></script>"""  # Quarto's choice too
+
+
+def has_math(markdown: str) -> bool:
+    "TeX between $ signs outside code spans: the page loads MathJax (online; offline the TeX stays readable)."
+    text = re.sub(r"```.*?```|`[^`]*`", "", markdown, flags=re.S)
+    return bool(re.search(r"\$\$.+?\$\$|(?<![\w$\\])\$[^\s$][^$\n]*?\$(?![\w$])", text, re.S))
+
+
+def shell(title, description, body, page, nav, cfg, prev_next, math=False) -> str:
     depth = page.count("/")
     up = "../" * depth
     items = []
@@ -235,7 +245,7 @@ def shell(title, description, body, page, nav, cfg, prev_next) -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape((title or cfg.title).replace("`", ""))} – {html.escape(cfg.title)}</title>
-<link rel="stylesheet" href="{up}site.css"><link rel="stylesheet" href="{up}styles.css">
+<link rel="stylesheet" href="{up}site.css"><link rel="stylesheet" href="{up}styles.css">{MATHJAX if math else ""}
 </head><body>
 <header class="navbar"><a class="brand" href="{up}index.html">{html.escape(cfg.title)}</a>
 <a class="repo" href="{cfg.git_url}">source on GitHub</a></header>
@@ -287,15 +297,16 @@ def fallback_docs(output_dir: Path, proc_dir: Path) -> int:
             body, _ = exporter.from_notebook_node(prepare_cells(nb), resources={"metadata": {"path": str(proc_dir / os.path.dirname(rel))}})
             title = fm.get("title") or Path(rel).stem
             desc = markdown2html_mistune(fm["description"]).strip().removeprefix("<p>").removesuffix("</p>") if fm.get("description") else ""
-        bodies[rel] = (title, desc, fix_heading_ids(body), src_dir)
+        math = has_math("\n".join(c.source for c in nb.cells if c.cell_type == "markdown"))
+        bodies[rel] = (title, desc, fix_heading_ids(body), src_dir, math)
         links.ids[pages[rel]] = set(re.findall(r'\bid="([^"]+)"', bodies[rel][2]))
     for i, rel in enumerate(order):
-        title, desc, body, src_dir = bodies[rel]
+        title, desc, body, src_dir, math = bodies[rel]
         page = pages[rel]
         body, desc = links.rewrite(body, page, src_dir), links.rewrite(desc, page, src_dir)
         prev_next = (nav[i - 1] if i else None, nav[i + 1] if i + 1 < len(nav) else None)
         (output_dir / page).parent.mkdir(parents=True, exist_ok=True)
-        (output_dir / page).write_text(shell(title, desc, body, page, nav, cfg, prev_next))
+        (output_dir / page).write_text(shell(title, desc, body, page, nav, cfg, prev_next, math))
         print(f"docs: {rel} -> {output_dir.name}/{page}", flush=True)
     images = proc_dir / "images"
     if images.is_dir(): shutil.copytree(images, output_dir / "images", dirs_exist_ok=True)
