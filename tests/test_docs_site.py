@@ -129,3 +129,31 @@ def test_every_page_in_chromium(site):
         driver.quit()
     print(f"docs site: build {site['build_s']:.0f} s, {len(pages)} pages, {len(local)} local links checked, "
           f"browser {time.monotonic() - t0:.0f} s")
+
+
+def test_links_rewritten(tmp_path):
+    "The fallback's link rules on made-up links: notebooks -> pages, repository files -> git_url, doc links -> here."
+    import importlib.util
+    from nbdev.config import get_config
+    spec = importlib.util.spec_from_file_location("build_docs", ROOT / "tools" / "build_docs.py")
+    bd = importlib.util.module_from_spec(spec); spec.loader.exec_module(bd)
+    cfg = get_config(path=ROOT)
+    (tmp_path / "proc" / "images").mkdir(parents=True); (tmp_path / "proc" / "images" / "a.png").write_bytes(b"png")
+    links = bd.Links(cfg, ROOT / "nbs", tmp_path / "proc", tmp_path / "out",
+                     {"06_sampling.ipynb": "sampling.html", "runs/teacher.ipynb": "runs/teacher.html"})
+    links.ids["sampling.html"] = {"generate"}
+    doc = CFG["DEFAULT"]["doc_host"].rstrip("/") + CFG["DEFAULT"]["doc_baseurl"] + "/"
+    page = ('<a href="../06_sampling.ipynb#generate">a</a> <a href="../../bench/README.md">b</a> <img src="../images/a.png">'
+            f'<a href="{doc}sampling.html#generate">c</a> <a href="{doc}sampling.html#undocumented">d</a> <a href="#x">e</a>'
+            '<a href="https://example.com/x.ipynb">f</a> <a href="../no_such_file.txt">g</a>')
+    out = links.rewrite(page, "runs/teacher.html", "nbs/runs")
+    hrefs = re.findall(r'(?:href|src)="([^"]*)"', out)
+    assert hrefs == ["../sampling.html#generate", f"{BLOB}bench/README.md", "../images/a.png", "../sampling.html#generate",
+                     "../sampling.html", "#x", "https://example.com/x.ipynb", "../no_such_file.txt"], hrefs
+    assert (tmp_path / "out" / "images" / "a.png").exists() and links.dropped == 1
+    assert links.missing == ["runs/teacher.html: ../no_such_file.txt"]  # reported, and the build then fails
+    home = links.rewrite('<a href="setup.py">s</a> <a href="nbs/06_sampling.ipynb">n</a>', "index.html", "")
+    assert re.findall(r'href="([^"]*)"', home) == [f"{BLOB}setup.py", "sampling.html"]
+    assert bd.quarto_markdown('[source](u){target="_blank" style="float:right"}') == \
+        '<a href="u" target="_blank" style="float:right">source</a>'
+    assert 'class="callout callout-note"' in bd.quarto_markdown("::: {.callout-note}\nhi\n:::")
