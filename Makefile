@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean-venv browser
+.PHONY: demo test docs venv clean-venv browser
 
 $(STAMP): setup.py settings.ini
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "make: chromium and chromium-driver are missing (apt-get install them as root); the browser tests will skip"; fi; \
 	fi
+
+# The docs site into _docs/: nbdev_docs (Quarto) where Quarto is installed; else nbdev's doc processing rendered by
+# nbconvert (tools/build_docs.py's fallback: the same pages in the sidebar's order, README.md as the home page).
+docs: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tools/build_docs.py
 
 test: $(STAMP) browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash tools/run_tests.sh
