@@ -46,7 +46,7 @@ def add_toy_data(sub):
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=_toy_data)
 
-# %% ../nbs/11_cli.ipynb #04ed2f1e
+# %% ../nbs/11_cli.ipynb #c1999ba3
 DEMO_PROMPTS = ["a red circle moving left", "a green square moving right", "a blue triangle moving up",
                 "a yellow circle moving down", "a white square staying still", "a magenta triangle moving left"]
 DEMO_TRAIN_SEED = 42  # the demo's fine-tune, LoRA and distillation: data order, caption dropout, noise levels, noise
@@ -78,7 +78,7 @@ def check_demo_settings(s: dict):
                          f"and seed {clash[0]} was used by {used[clash[0]]}; samples are judged on seeds no training used "
                          f"(the default is {DEMO_DEFAULTS['sample_seed']})")
 
-# %% ../nbs/11_cli.ipynb #4e1b7674
+# %% ../nbs/11_cli.ipynb #ecba25b4
 _STAGE_FOLDERS = {"data": ("data", "preprocessed", "preview.png"), "finetune": ("finetune",), "lora": ("lora",),
                   "distill": ("distill",)}
 
@@ -111,7 +111,7 @@ def demo_folder(out: Path, settings: dict, overwrite: bool = False) -> list:
     media.write_text(record, json.dumps(settings, indent=1) + "\n")
     return redo
 
-# %% ../nbs/11_cli.ipynb #7d4b1abe
+# %% ../nbs/11_cli.ipynb #1ada1ebe
 FINETUNE_LR = 5e-5  # the fine-tune's AdamW learning rate (the teacher was trained from scratch at 1e-3)
 
 def _latest_step(run: Path) -> int:
@@ -166,7 +166,7 @@ def demo_distill(data_json, run: Path, steps: int, batch: int, teacher, progress
     metrics = distill(config, _dit(teacher), _dit(teacher), progress=progress, model_path=teacher)
     return {"did": f"steps {start + 1}..{steps}", "pieces": [{"from": start, "to": steps, "trained": len(metrics)}]}
 
-# %% ../nbs/11_cli.ipynb #cff8b265
+# %% ../nbs/11_cli.ipynb #b92ae02a
 class DemoModel(NamedTuple):
     "One row of the demo's table: what is sampled, and how."
     model_path: str             # a model folder, or a shipped model's name
@@ -215,7 +215,7 @@ def score_table(scores: dict, models: dict | None = None) -> str:
                      "".join(f"{s[k]:>12.0%}" for k in _SCORE_KEYS))
     return "\n".join(lines)
 
-# %% ../nbs/11_cli.ipynb #fd72baa0
+# %% ../nbs/11_cli.ipynb #aa67d297
 def trail(frames: np.ndarray) -> np.ndarray:
     "A clip as one picture: its frames overlaid (the brightest wins), the later ones brighter, so motion shows as a trail."
     weights = np.linspace(0.25, 1.0, len(frames), dtype=np.float32)[:, None, None, None]
@@ -264,11 +264,11 @@ def loss_curves(runs: dict, path) -> Path | None:
     plt.close(fig)
     return Path(path)
 
-# %% ../nbs/11_cli.ipynb #3509a54d
+# %% ../nbs/11_cli.ipynb #55d3c876
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1500px;padding:0 16px;color:#222}
 table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.videos td{text-align:center;vertical-align:top}
-video{width:224px;height:128px;background:#000;image-rendering:pixelated}img{max-width:100%;border:1px solid #ddd}
+td:first-child,th:first-child,.scores td:last-child,.scores th:last-child{text-align:left}th{background:#f3f3f3}.videos td,.videos th{text-align:center;vertical-align:top}
+video{width:196px;height:112px;background:#000;image-rendering:pixelated}img{max-width:100%;border:1px solid #ddd}
 .what{color:#666;font-size:12px}code{background:#f3f3f3;padding:1px 4px}"""
 
 def _cell(v): return f"{v:.0%}" if isinstance(v, float) else html.escape(str(v))
@@ -298,7 +298,7 @@ resume), a LoRA, a PCM distillation, and samples of {len(DEMO_PROMPTS)} captions
 <h2>Samples</h2>{_html_table(["model"] + DEMO_PROMPTS, video_rows, "videos")}
 <h2>Loss curves</h2>{img("loss_curves", "loss curves")}
 <h2>Contact sheet</h2><p class=what>Each sample as one picture: its frames overlaid, later frames brighter.</p>{img("contact_sheet", "contact sheet")}
-<h2>Stages</h2><p>This run: {report['seconds']:.1f} s.</p>{_html_table(["stage", "time", "what it did"], stage_rows, "stages")}
+<h2>Stages</h2><p>This run: {report['seconds']:.1f} s; every run into this folder together: {report['seconds_all_runs']:.1f} s (<code>demo_log.jsonl</code>).</p>{_html_table(["stage", "time", "what it did"], stage_rows, "stages")}
 <h2>Settings</h2><p><code>{html.escape(report['command'])}</code></p>
 {_html_table(["flag", "value"], [[f"--{k}", html.escape(str(v))] for k, v in report['settings'].items()], "settings")}
 <p class=what>Everything else is in <code>report.json</code>; the toy data's preview is <a href="{html.escape(files['preview'])}">{html.escape(files['preview'])}</a>.</p>
@@ -307,7 +307,7 @@ resume), a LoRA, a PCM distillation, and samples of {len(DEMO_PROMPTS)} captions
     media.write_text(Path(path), page)
     return Path(path)
 
-# %% ../nbs/11_cli.ipynb #6118f806
+# %% ../nbs/11_cli.ipynb #ae2b0468
 DEMO_STAGES = 7
 
 def _clock(seconds: float) -> str: return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
@@ -369,7 +369,9 @@ def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, train_steps
     videos = {}
     def samples():
         videos.update(demo_samples(out, models, sample_seed, overwrite, progress))
-        return {"did": f"{len(models) * len(DEMO_PROMPTS)} videos of {len(models)} models in {out / 'samples'}"}
+        made = sum(json.loads((Path(vs[0]).parent / "settings.json").read_text())["generated_now"] for vs in videos.values())
+        return {"did": f"{made} videos made now, {len(models) * len(DEMO_PROMPTS) - made} kept ({len(models)} models, "
+                       f"in {out / 'samples'})", "made": made}
     stage(6, "sample", f"sample the {len(DEMO_PROMPTS)} captions from seeds {seeds[0]}..{seeds[-1]}: {', '.join(models)}", samples)
     report = {}
     def write_report():
@@ -394,6 +396,8 @@ def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, train_steps
         return {"did": f"scored {len(scores)} models; wrote the contact sheet, the loss curves, report.json and report.html"}
     stage(7, "report", "score, contact sheet, loss curves, report", write_report)
     report["stages"], report["seconds"] = stages, round(time.time() - started, 2)
+    earlier = sum(json.loads(l)["seconds"] for l in log.read_text().splitlines() if l.strip())
+    report["seconds_all_runs"] = round(earlier + report["seconds"] - sum(s["seconds"] for s in stages), 2)
     media.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     report_html(report, out / "report.html")
     print(f"[demo] done in {_clock(report['seconds'])}. What it made, in {out}/:")
@@ -407,7 +411,7 @@ def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, train_steps
     print(score_table({n: s["scores"] for n, s in report["samples"].items()}, models))
     return report
 
-# %% ../nbs/11_cli.ipynb #57ff1736
+# %% ../nbs/11_cli.ipynb #bfbc5db6
 def add_demo(sub):
     p = sub.add_parser("demo", help="run the whole kit on the toy default: data, preprocessing, fine-tune, LoRA, "
                        "distillation, samples, scores, report.html")
