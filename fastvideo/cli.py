@@ -288,7 +288,7 @@ def report_html(report: dict, path) -> Path:
                   for n, m in samples.items()]
     stage_rows = [[html.escape(s["stage"]), f"{s['seconds']:.1f} s", html.escape(s["did"])] for s in report["stages"]]
     img = lambda key, alt: f'<p><img src="{html.escape(files[key])}" alt="{alt}"></p>' if files.get(key) else "<p>(no training ran)</p>"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fastvideo demo</title><style>{_CSS}</style></head><body>
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fastvideo demo</title><link rel="icon" href="data:,"><style>{_CSS}</style></head><body>
 <h1>fastvideo demo</h1>
 <p>The whole kit on the toy shapes world: toy data, preprocessing, a fine-tune of the shipped teacher (checkpoint and
 resume), a LoRA, a PCM distillation, and samples of {len(DEMO_PROMPTS)} captions from seeds
