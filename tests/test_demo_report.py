@@ -34,7 +34,6 @@ def test_report_html_in_chromium(tmp_path):
         assert {"toy@16", "toy-fast@8"} <= set(by_name), rows
         for name in ("toy@16", "toy-fast@8"):  # the page shows report.json's numbers
             assert by_name[name][7] == f"{report['samples'][name]['scores']['mean']:.0%}", (by_name[name], report["samples"][name])
-        driver.execute_script("document.querySelector('video').scrollIntoView()")
         screenshot(driver, "demo_report")
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
