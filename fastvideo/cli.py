@@ -4,19 +4,24 @@
 
 # %% ../nbs/11_cli.ipynb #6e37eafd
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, html, json, os, shutil, sys, time
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 
 from . import media, toy
 from .data import add_preprocess
 from .launch import add_launch
 from .sampling import add_sample, settings_differences
-from .distill import add_distill
-from .train import add_train
+from .distill import DistillConfig, add_distill, distill
+from .train import TrainConfig, add_train, checkpoint_folders, train
 
 # %% auto #0
-__all__ = ['DEMO_PROMPTS', 'DEMO_MODELS', 'SUBCOMMANDS', 'RESUME_HINTS', 'add_toy_data', 'demo', 'add_demo', 'parser', 'main']
+__all__ = ['DEMO_PROMPTS', 'DEMO_TRAIN_SEED', 'SHIPPED_SEEDS', 'DEMO_DEFAULTS', 'DEMO_STAGE_FLAGS', 'FINETUNE_LR', 'DEMO_STAGES',
+           'SUBCOMMANDS', 'RESUME_HINTS', 'add_toy_data', 'training_seeds', 'check_demo_settings', 'demo_folder',
+           'demo_finetune', 'demo_lora', 'demo_distill', 'DemoModel', 'demo_models', 'demo_samples', 'score_table',
+           'trail', 'contact_sheet', 'read_metrics', 'loss_curves', 'report_html', 'demo', 'add_demo', 'parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #d2160b8d
 def _toy_data(args):
@@ -41,87 +46,385 @@ def add_toy_data(sub):
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=_toy_data)
 
-# %% ../nbs/11_cli.ipynb #01960fc1
+# %% ../nbs/11_cli.ipynb #c1999ba3
 DEMO_PROMPTS = ["a red circle moving left", "a green square moving right", "a blue triangle moving up",
                 "a yellow circle moving down", "a white square staying still", "a magenta triangle moving left"]
+DEMO_TRAIN_SEED = 42  # the demo's fine-tune, LoRA and distillation: data order, caption dropout, noise levels, noise
+SHIPPED_SEEDS = {0: "the shipped teacher's and student's training", 1: "the shipped teacher's toy data",
+                 11: "the shipped student's toy data"}  # nbs/runs/teacher.ipynb and nbs/runs/distill.ipynb
 
-def _scores_line(name, s):
-    return (f"[demo] {name}: color {s['color']:.0%}  shape {s['shape']:.0%}  motion {s['motion']:.0%}  "
-            f"one object {s['one_object']:.0%}  mean {s['mean']:.0%}  (n={s['n']})")
+# the demo's flags: name -> default; a demo folder keeps the values it was made with (demo_settings.json)
+DEMO_DEFAULTS = {"n_videos": 24, "n_images": 8, "seed": 0, "train_steps": 300, "lora_steps": 150, "distill_steps": 200,
+                 "train_batch_size": 8, "sample_seed": 2025, "teacher_steps": 64, "student_steps": 8}
+# which flags each stage's output depends on: --overwrite redoes exactly the stages whose flags changed
+_DATA = ("n_videos", "n_images", "seed")
+DEMO_STAGE_FLAGS = {"data": _DATA, "finetune": _DATA + ("train_steps", "train_batch_size"),
+                    "lora": _DATA + ("lora_steps", "train_batch_size"),
+                    "distill": _DATA + ("train_steps", "train_batch_size", "distill_steps")}
 
-def _demo_data(root: Path, n_videos: int, n_images: int, seed: int):
-    "The demo's toy data set: reused when it was made with these settings, refused when with others."
-    settings, record = {"n_videos": n_videos, "n_images": n_images, "seed": seed}, root / "toy_data_settings.json"
-    if (root / "data.json").exists():
-        if not record.is_file():
-            raise ValueError(f"--output_dir {root.parent} holds a toy data set with no record of its settings (made "
-                             "before demos kept one); use another --output_dir, or delete it to start again")
-        old = json.loads(record.read_text())
-        if differ := settings_differences(old, settings, prefix="--"):
-            raise ValueError(f"--output_dir {root.parent} holds a demo made with other settings ({differ}); "
-                             "use another --output_dir, or the old settings")
-        return print(f"[demo] 1/4 reusing the toy data set in {root}")
-    # generation is deterministic, so finishing a half-written folder rewrites identical files
-    print(f"[demo] 1/4 writing the toy data set to {root}")
-    media.write_text(record, json.dumps(settings) + "\n")  # first, so an interrupted run is finished, not refused
-    toy.make_dataset(root, n_videos=n_videos, n_images=n_images, seed=seed, overwrite=True)
+def training_seeds(seed: int) -> dict:
+    "Every seed a model the demo samples was trained with or on: seed -> whose."
+    return SHIPPED_SEEDS | {DEMO_TRAIN_SEED: "the demo's fine-tune, LoRA and distillation", seed: "the demo's toy data (--seed)"}
 
-# what the demo samples with, per shipped model: (scheduler, steps, guidance, what it is)
-DEMO_MODELS = {"toy-fast": ("pcm_linear_quadratic", 8, 1.0, "the shipped toy student (guidance-distilled from the teacher by nbs/runs/distill.ipynb)"),
-               "toy": ("euler", 64, 4.5, "the shipped toy teacher (trained from scratch by nbs/runs/teacher.ipynb)")}
+def check_demo_settings(s: dict):
+    "One line naming the flag for a value the demo cannot use; nothing is read or written."
+    for k in ("n_videos", "train_batch_size", "teacher_steps", "student_steps"):
+        if not isinstance(s[k], int) or s[k] < 1: raise ValueError(f"--{k} {s[k]!r}: expected a positive integer")
+    for k in ("n_images", "seed", "train_steps", "lora_steps", "distill_steps", "sample_seed"):
+        if not isinstance(s[k], int) or s[k] < 0: raise ValueError(f"--{k} {s[k]!r}: expected an integer >= 0 (0 steps: skip the stage)")
+    seeds, used = range(s["sample_seed"], s["sample_seed"] + len(DEMO_PROMPTS)), training_seeds(s["seed"])
+    if clash := [k for k in seeds if k in used]:
+        raise ValueError(f"--sample_seed {s['sample_seed']}: the captions would be sampled from seeds {seeds[0]}..{seeds[-1]}, "
+                         f"and seed {clash[0]} was used by {used[clash[0]]}; samples are judged on seeds no training used "
+                         f"(the default is {DEMO_DEFAULTS['sample_seed']})")
 
-def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, sample_steps=None, guidance_scale=None,
-         overwrite=False, model_path="toy-fast") -> dict:
-    """Run the toy pipeline into `output_dir`; returns the report also written to `report.json`. A rerun resumes;
-    samples made with other settings are refused unless `overwrite` (which regenerates them). `model_path`: a
-    `DEMO_MODELS` name; `sample_steps` / `guidance_scale` default to that model's setting."""
-    if model_path not in DEMO_MODELS: raise ValueError(f"--model_path {model_path!r}: expected one of {', '.join(DEMO_MODELS)}")
-    scheduler_type, steps, guidance, what = DEMO_MODELS[model_path]
-    sample_steps = steps if sample_steps is None else sample_steps
-    guidance_scale = guidance if guidance_scale is None else guidance_scale
-    import matplotlib.pyplot as plt
-    from fastvideo import data, sampling
-    out, started = Path(output_dir), time.time()
+# %% ../nbs/11_cli.ipynb #ecba25b4
+_STAGE_FOLDERS = {"data": ("data", "preprocessed", "preview.png"), "finetune": ("finetune",), "lora": ("lora",),
+                  "distill": ("distill",)}
+
+def demo_folder(out: Path, settings: dict, overwrite: bool = False) -> list:
+    """Check the folder `out` against the settings it was made with (`demo_settings.json`) and record `settings`.
+    Other settings are refused, naming the flags, unless `overwrite`: then the stages they change are removed (and
+    returned) to be redone; a folder that is not empty and holds no demo is refused."""
     if out.exists() and not out.is_dir(): raise ValueError(f"--output_dir {out} is a file; expected a folder")
-    root = out / "data"
-    _demo_data(root, n_videos, n_images, seed)
-    items = json.loads((root / "data.json").read_text())
-    clips = [media.read_media(root / "media" / it["path"]) for it in items]
-    captions = [it["cap"][0] for it in items]
-    fig = toy.frame_grid(clips[:6], captions[:6])
-    with media.atomic_write(out / "preview.png") as tmp: fig.savefig(tmp, dpi=80, format="png")
+    record, legacy = out / "demo_settings.json", out / "data" / "toy_data_settings.json"  # legacy: demos before training
+    if record.is_file(): old = json.loads(record.read_text())
+    elif legacy.is_file(): old = json.loads(legacy.read_text())
+    elif (out / "data" / "data.json").exists():
+        raise ValueError(f"--output_dir {out} holds a toy data set with no record of its settings; use another "
+                         "--output_dir, or delete it to start again")
+    elif out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"--output_dir {out} is not empty and holds no demo; use a new or empty folder")
+    else: old = {}
+    changed = [k for k in settings if k in old and old[k] != settings[k]]
+    if changed and not overwrite:
+        differ = settings_differences({k: old[k] for k in changed}, {k: settings[k] for k in changed}, prefix="--")
+        raise ValueError(f"--output_dir {out} holds a demo made with other settings ({differ}); use another "
+                         "--output_dir, the old settings, or --overwrite to redo the stages they change")
+    redo = [stage for stage, flags in DEMO_STAGE_FLAGS.items() if set(changed) & set(flags)]
+    for stage in redo:
+        for name in _STAGE_FOLDERS[stage]:
+            p = out / name
+            if p.is_dir(): shutil.rmtree(p)
+            elif p.exists(): p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    media.write_text(record, json.dumps(settings, indent=1) + "\n")
+    return redo
+
+# %% ../nbs/11_cli.ipynb #1ada1ebe
+FINETUNE_LR = 5e-5  # the fine-tune's AdamW learning rate (the teacher was trained from scratch at 1e-3)
+
+def _latest_step(run: Path) -> int:
+    found = checkpoint_folders(run)
+    return int(found[-1].name.removeprefix("checkpoint-")) if found else 0
+
+def _dit(model_path):
+    "A fresh copy of a model folder's DiT (`toy`, or a folder a stage wrote)."
+    from fastvideo.dit import MochiDiT
+    from fastvideo.models import resolve_model_path
+    return MochiDiT.from_pretrained(resolve_model_path(model_path, ("transformer",)), subfolder="transformer")
+
+def demo_finetune(data_json, run: Path, steps: int, batch: int, progress: bool = True) -> dict:
+    """Fine-tune the shipped teacher `toy` for `steps` steps into `run` in two pieces: the first stops at the
+    checkpoint half-way, the second starts a new model and resumes from that checkpoint, as a rerun after Ctrl-C
+    does. Interrupted anywhere, it resumes from its latest checkpoint; finished (`run/final/`), it is kept."""
+    if (run / "final" / "transformer").is_dir(): return {"did": "kept (finished earlier)", "pieces": []}
+    half, pieces = max(1, steps // 2), []
+    for stop, model_path in ((half, None), (steps, "toy")):  # no final/ after the first piece: it is not the end
+        start = _latest_step(run)
+        if start >= stop and model_path is None: continue
+        print(f"[demo]   steps {start + 1}..{stop}" + (f", resumed from {run / f'checkpoint-{start}'}" if start else ""))
+        config = TrainConfig(str(data_json), str(run), train_batch_size=batch, max_train_steps=stop, learning_rate=FINETUNE_LR,
+                             seed=DEMO_TRAIN_SEED, checkpointing_steps=half, resume_from_checkpoint="latest")
+        metrics = train(config, _dit("toy"), progress=progress, model_path=model_path)
+        pieces.append({"from": start, "to": stop, "trained": len(metrics)})
+    return {"did": " + ".join(f"steps {p['from'] + 1}..{p['to']}" for p in pieces if p["trained"]) or "exported",
+            "pieces": pieces, "checkpoint": half}
+
+def demo_lora(data_json, run: Path, steps: int, batch: int, progress: bool = True) -> dict:
+    "A rank-8 LoRA on the shipped teacher (lr 1e-3) into `run`; resumes from its checkpoint; kept when finished."
+    from fastvideo.lora import LORA_WEIGHT_NAME
+    if (run / "final" / LORA_WEIGHT_NAME).is_file(): return {"did": "kept (finished earlier)", "pieces": []}
+    start = _latest_step(run)
+    if start: print(f"[demo]   resuming from {run / f'checkpoint-{start}'}")
+    config = TrainConfig(str(data_json), str(run), train_batch_size=batch, max_train_steps=steps, learning_rate=1e-3,
+                         seed=DEMO_TRAIN_SEED, use_lora=True, lora_rank=8, checkpointing_steps=max(1, steps // 2),
+                         resume_from_checkpoint="latest")
+    metrics = train(config, _dit("toy"), progress=progress, model_path="toy")
+    return {"did": f"steps {start + 1}..{steps}", "pieces": [{"from": start, "to": steps, "trained": len(metrics)}]}
+
+def demo_distill(data_json, run: Path, steps: int, batch: int, teacher, progress: bool = True) -> dict:
+    """A one-phase PCM student of `teacher` (the recipe of the shipped `toy-fast`, shorter: guidance 3.5 distilled in,
+    EMA target) into `run`; it starts as a copy of the teacher; resumes from its checkpoint; kept when finished."""
+    if (run / "final" / "transformer").is_dir(): return {"did": "kept (finished earlier)", "pieces": []}
+    start = _latest_step(run)
+    if start: print(f"[demo]   resuming from {run / f'checkpoint-{start}'}")
+    config = DistillConfig(str(data_json), str(run), train_batch_size=batch, max_train_steps=steps, cfg=0.0,
+                           seed=DEMO_TRAIN_SEED, multi_phased_distill_schedule=f"{steps}-1", distill_cfg=3.5, use_ema=True,
+                           ema_decay=0.95, checkpointing_steps=max(1, steps // 2), resume_from_checkpoint="latest",
+                           teacher_path=str(teacher))
+    metrics = distill(config, _dit(teacher), _dit(teacher), progress=progress, model_path=teacher)
+    return {"did": f"steps {start + 1}..{steps}", "pieces": [{"from": start, "to": steps, "trained": len(metrics)}]}
+
+# %% ../nbs/11_cli.ipynb #b92ae02a
+class DemoModel(NamedTuple):
+    "One row of the demo's table: what is sampled, and how."
+    model_path: str             # a model folder, or a shipped model's name
+    lora_path: str | None       # the LoRA applied (None: the plain model)
+    scheduler_type: str
+    steps: int
+    guidance_scale: float
+    what: str
+
+def demo_models(out: Path, s: dict) -> dict:
+    "The demo's rows, name -> `DemoModel`: the two shipped models, then what each training stage made (if it ran)."
+    T, S = s["teacher_steps"], s["student_steps"]
+    rows = {f"toy@{T}": DemoModel("toy", None, "euler", T, 4.5, "the shipped teacher"),
+            f"toy-fast@{S}": DemoModel("toy-fast", None, "pcm_linear_quadratic", S, 1.0, "the shipped student (PCM, guidance distilled in)")}
+    if s["train_steps"]:
+        rows[f"fine-tuned@{T}"] = DemoModel(str(out / "finetune" / "final"), None, "euler", T, 4.5,
+                                            f"the shipped teacher fine-tuned {s['train_steps']} steps on the demo's data")
+    if s["lora_steps"]:
+        rows[f"toy+LoRA@{T}"] = DemoModel("toy", str(out / "lora" / "final"), "euler", T, 4.5,
+                                          f"the shipped teacher with the demo's rank-8 LoRA ({s['lora_steps']} steps)")
+    if s["distill_steps"]:
+        rows[f"distilled@{S}"] = DemoModel(str(out / "distill" / "final"), None, "pcm_linear_quadratic", S, 1.0,
+                                           f"the demo's PCM student of {'its fine-tuned' if s['train_steps'] else 'the shipped'} "
+                                           f"teacher ({s['distill_steps']} steps)")
+    return rows
+
+def demo_samples(out: Path, models: dict, seed: int, overwrite: bool = False, progress: bool = True) -> dict:
+    "Each row's six captions into `out/samples/NAME/` (caption i from `seed + i`), name -> mp4 paths; kept videos reused."
+    from fastvideo.sampling import sample, slug
+    videos = {}
+    for name, m in models.items():
+        videos[name] = sample(m.model_path, prompt=DEMO_PROMPTS, output_path=out / "samples" / slug(name), seed=seed,
+                              num_inference_steps=m.steps, scheduler_type=m.scheduler_type, guidance_scale=m.guidance_scale,
+                              lora_path=m.lora_path, overwrite=overwrite, progress=progress)
+    return videos
+
+_SCORE_KEYS = ("color", "shape", "motion", "one_object", "mean")
+
+def score_table(scores: dict, models: dict | None = None) -> str:
+    "The scorer's table as text: one row per model (steps and guidance when `models` says them)."
+    width = max(len(n) for n in scores) + 2
+    lines = [f"{'model':<{width}}{'steps':>6}{'guidance':>10}" + "".join(f"{k.replace('_', ' '):>12}" for k in _SCORE_KEYS)]
+    for name, s in scores.items():
+        m = (models or {}).get(name)
+        lines.append(f"{name:<{width}}{m.steps if m else '':>6}{m.guidance_scale if m else '':>10}" +
+                     "".join(f"{s[k]:>12.0%}" for k in _SCORE_KEYS))
+    return "\n".join(lines)
+
+# %% ../nbs/11_cli.ipynb #aa67d297
+def trail(frames: np.ndarray) -> np.ndarray:
+    "A clip as one picture: its frames overlaid (the brightest wins), the later ones brighter, so motion shows as a trail."
+    weights = np.linspace(0.25, 1.0, len(frames), dtype=np.float32)[:, None, None, None]
+    return (frames.astype(np.float32) * weights).max(0).round().astype(np.uint8)
+
+def contact_sheet(clips: dict, captions: list, path, scores: dict | None = None) -> Path:
+    "A png: a row per model (name -> its clips, one per caption), a column per caption, each clip as its `trail`."
+    import matplotlib.pyplot as plt
+    names = list(clips)
+    fig, axes = plt.subplots(len(names), len(captions), figsize=(1.9 * len(captions) + 1.2, 1.2 * len(names) + 0.6), squeeze=False)
+    for r, name in enumerate(names):
+        for c, frames in enumerate(clips[name]):
+            ax = axes[r, c]; ax.imshow(trail(frames)); ax.set_xticks([]); ax.set_yticks([])
+            if r == 0: ax.set_title(captions[c].removeprefix("a "), fontsize=8)
+            if c == 0:
+                label = name + (f"\nmean {scores[name]['mean']:.0%}" if scores and name in scores else "")
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle("each sample as one picture: its frames overlaid, later frames brighter", fontsize=9)
+    fig.tight_layout()
+    with media.atomic_write(Path(path)) as tmp: fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
-    print("[demo] 2/4 preprocessing (toy VAE + toy T5; finished items are skipped)")
-    summary = data.preprocess(root / "merge.txt", out / "preprocessed", "toy")
-    print(f"[demo] 3/4 sampling {len(DEMO_PROMPTS)} videos from {model_path}: {sample_steps} {scheduler_type} steps, guidance {guidance_scale}")
-    videos = sampling.sample(model_path, prompt=DEMO_PROMPTS, output_path=out / "samples", num_inference_steps=sample_steps,
-                             scheduler_type=scheduler_type, guidance_scale=guidance_scale, seed=seed, overwrite=overwrite)
-    print("[demo] 4/4 scoring")
-    report = {"data": toy.score_many(clips, captions), "preprocess": summary,
-              "samples": toy.score_many([media.read_media(v) for v in videos], DEMO_PROMPTS),
-              "sample_videos": [str(v) for v in videos],
-              "note": f"samples of {what}, {sample_steps} {scheduler_type} steps, guidance {guidance_scale}, "
-                      f"seed {seed}; the scorer checks each "
-                      "video against its caption (color, shape, motion, one object)"}
+    return Path(path)
+
+def read_metrics(run: Path) -> list:
+    "A training run's `metrics.jsonl`, the last record of each step (a resumed run logs the steps after its checkpoint again)."
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file(): return []
+    last = {m["step"]: m for m in map(json.loads, filter(str.strip, path.read_text().splitlines()))}
+    return [last[k] for k in sorted(last)]
+
+def loss_curves(runs: dict, path) -> Path | None:
+    "A png of training losses: a panel per run (title -> (metrics, the step it resumed at or None)); None if no run."
+    import matplotlib.pyplot as plt
+    runs = {t: r for t, r in runs.items() if r[0]}
+    if not runs: return None
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 2.8), squeeze=False)
+    for ax, (title, (metrics, resumed)) in zip(axes[0], runs.items()):
+        steps, losses = [m["step"] for m in metrics], [m["loss"] for m in metrics]
+        ax.plot(steps, losses, lw=0.7, alpha=0.45, label="loss")
+        k = max(1, len(losses) // 15)
+        ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, mode="valid"), label=f"mean of {k}")
+        if resumed: ax.axvline(resumed, color="k", ls="--", lw=0.8, label=f"resumed at checkpoint-{resumed}")
+        ax.set_title(title, fontsize=9); ax.set_xlabel("step", fontsize=8); ax.tick_params(labelsize=7); ax.legend(fontsize=7)
+    fig.tight_layout()
+    with media.atomic_write(Path(path)) as tmp: fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return Path(path)
+
+# %% ../nbs/11_cli.ipynb #55d3c876
+_CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1500px;padding:0 16px;color:#222}
+table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+td:first-child,th:first-child,.scores td:last-child,.scores th:last-child{text-align:left}th{background:#f3f3f3}.videos td,.videos th{text-align:center;vertical-align:top}
+video{width:196px;height:112px;background:#000;image-rendering:pixelated}img{max-width:100%;border:1px solid #ddd}
+.what{color:#666;font-size:12px}code{background:#f3f3f3;padding:1px 4px}"""
+
+def _cell(v): return f"{v:.0%}" if isinstance(v, float) else html.escape(str(v))
+
+def _html_table(header: list, rows: list, cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><tr>{head}</tr>{body}</table>'
+
+def report_html(report: dict, path) -> Path:
+    "The demo's page from its `report` (paths relative to the page's folder): the score table, the videos, the curves, the contact sheet, stage times, settings."
+    samples, files = report["samples"], report["files"]
+    score_rows = [[html.escape(n), m["num_inference_steps"], m["guidance_scale"]] + [_cell(m["scores"][k]) for k in _SCORE_KEYS]
+                  + [f'<span class="what">{html.escape(m["what"])}</span>'] for n, m in samples.items()]
+    video_rows = [[f"<b>{html.escape(n)}</b><br><span class=what>mean {m['scores']['mean']:.0%}</span>"] +
+                  [f'<video src="{html.escape(v)}" controls loop muted autoplay playsinline></video>' for v in m["videos"]]
+                  for n, m in samples.items()]
+    stage_rows = [[html.escape(s["stage"]), f"{s['seconds']:.1f} s", html.escape(s["did"])] for s in report["stages"]]
+    img = lambda key, alt: f'<p><img src="{html.escape(files[key])}" alt="{alt}"></p>' if files.get(key) else "<p>(no training ran)</p>"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fastvideo demo</title><link rel="icon" href="data:,"><style>{_CSS}</style></head><body>
+<h1>fastvideo demo</h1>
+<p>The whole kit on the toy shapes world: toy data, preprocessing, a fine-tune of the shipped teacher (checkpoint and
+resume), a LoRA, a PCM distillation, and samples of {len(DEMO_PROMPTS)} captions from seeds
+{report['sample_seeds'][0]}..{report['sample_seeds'][-1]} (no training used them), scored by the toy world's exact scorer
+(does the video show the caption's color, shape, motion, and one object?).</p>
+<h2>Scores</h2>{_html_table(["model", "steps", "guidance", "color", "shape", "motion", "one object", "mean", "what"], score_rows, "scores")}
+<h2>Samples</h2>{_html_table(["model"] + DEMO_PROMPTS, video_rows, "videos")}
+<h2>Loss curves</h2>{img("loss_curves", "loss curves")}
+<h2>Contact sheet</h2><p class=what>Each sample as one picture: its frames overlaid, later frames brighter.</p>{img("contact_sheet", "contact sheet")}
+<h2>Stages</h2><p>This run: {report['seconds']:.1f} s; every run into this folder together: {report['seconds_all_runs']:.1f} s (<code>demo_log.jsonl</code>).</p>{_html_table(["stage", "time", "what it did"], stage_rows, "stages")}
+<h2>Settings</h2><p><code>{html.escape(report['command'])}</code></p>
+{_html_table(["flag", "value"], [[f"--{k}", html.escape(str(v))] for k, v in report['settings'].items()], "settings")}
+<p class=what>Everything else is in <code>report.json</code>; the toy data's preview is <a href="{html.escape(files['preview'])}">{html.escape(files['preview'])}</a>.</p>
+</body></html>
+"""
+    media.write_text(Path(path), page)
+    return Path(path)
+
+# %% ../nbs/11_cli.ipynb #ae2b0468
+DEMO_STAGES = 7
+
+def _clock(seconds: float) -> str: return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, train_steps=300, lora_steps=150, distill_steps=200,
+         train_batch_size=8, sample_seed=2025, teacher_steps=64, student_steps=8, overwrite=False, progress=True) -> dict:
+    """The whole kit on the toy default into `output_dir`; returns the report also written to `report.json`.
+    Every stage keeps what is complete and resumes what is not (trainings from their latest checkpoint), so a rerun
+    is quick; other settings than the folder's are refused unless `overwrite` (which redoes what they change).
+    A stage of 0 steps is skipped. `progress`: tqdm bars for the long stages."""
+    import matplotlib.pyplot as plt
+    from fastvideo import data
+    settings = {k: v for k, v in locals().items() if k in DEMO_DEFAULTS}
+    check_demo_settings(settings)
+    out, started, stages = Path(output_dir), time.time(), []
+    redo = demo_folder(out, settings, overwrite)
+    if redo: print(f"[demo] --overwrite: redoing {', '.join(redo)} (their settings changed)")
+    log = out / "demo_log.jsonl"
+    def stage(k, name, title, work):
+        print(f"[demo] {k}/{DEMO_STAGES} {title}")
+        t = time.time()
+        done = work() or {}
+        record = {"stage": f"{k}/{DEMO_STAGES} {name}", "seconds": round(time.time() - t, 2), "did": done.get("did", "")}
+        stages.append(record | {k: v for k, v in done.items() if k != "did"})
+        with open(log, "a") as f: f.write(json.dumps(stages[-1] | {"run_started": round(started, 2)}) + "\n")
+        print(f"[demo] {k}/{DEMO_STAGES} {name}: {record['did']} ({_clock(record['seconds'])})")
+        return done
+    root, pre = out / "data", out / "preprocessed"
+    data_json = pre / "videos2caption.json"
+    def toy_data():
+        if (root / "data.json").exists(): return {"did": f"kept the toy data set in {root}"}
+        toy.make_dataset(root, n_videos=n_videos, n_images=n_images, seed=seed, overwrite=True, progress=progress)
+        return {"did": f"wrote {n_videos} clips and {n_images} images to {root}"}
+    stage(1, "toy data", f"toy data: {n_videos} clips, {n_images} images, seed {seed}", toy_data)
+    items = json.loads((root / "data.json").read_text())
+    clips, captions = [media.read_media(root / "media" / it["path"]) for it in items], [it["cap"][0] for it in items]
+    if not (out / "preview.png").exists():
+        fig = toy.frame_grid(clips[:6], captions[:6])
+        with media.atomic_write(out / "preview.png") as tmp: fig.savefig(tmp, dpi=80, format="png")
+        plt.close(fig)
+    summary = {}
+    def preprocess():
+        summary.update(data.preprocess(root / "merge.txt", pre, "toy", progress=progress))
+        return {"did": f"{summary['encoded']} items encoded now, {summary['done_before']} kept"}
+    stage(2, "preprocess", "preprocess with the shipped toy VAE and T5 (finished items are kept)", preprocess)
+    skip = lambda: {"did": "skipped (0 steps)"}
+    half = max(1, train_steps // 2)
+    ft = stage(3, "fine-tune", f"fine-tune the shipped teacher toy: {train_steps} steps, batch {train_batch_size}, lr "
+               f"{FINETUNE_LR:g}, checkpoint at {half}, where the second piece resumes",
+               (lambda: demo_finetune(data_json, out / "finetune", train_steps, train_batch_size, progress)) if train_steps else skip)
+    lo = stage(4, "LoRA", f"LoRA (rank 8, lr 1e-3) on the shipped teacher: {lora_steps} steps",
+          (lambda: demo_lora(data_json, out / "lora", lora_steps, train_batch_size, progress)) if lora_steps else skip)
+    teacher = str(out / "finetune" / "final") if train_steps else "toy"
+    di = stage(5, "distill", f"distil a one-phase PCM student from {'the fine-tuned teacher' if train_steps else 'the shipped teacher'} "
+          f"({teacher}): {distill_steps} steps, guidance 3.5 distilled in, EMA target",
+          (lambda: demo_distill(data_json, out / "distill", distill_steps, train_batch_size, teacher, progress)) if distill_steps else skip)
+    models = demo_models(out, settings)
+    seeds = list(range(sample_seed, sample_seed + len(DEMO_PROMPTS)))
+    videos = {}
+    def samples():
+        videos.update(demo_samples(out, models, sample_seed, overwrite, progress))
+        made = sum(json.loads((Path(vs[0]).parent / "settings.json").read_text())["generated_now"] for vs in videos.values())
+        return {"did": f"{made} videos made now, {len(models) * len(DEMO_PROMPTS) - made} kept ({len(models)} models, "
+                       f"in {out / 'samples'})", "made": made}
+    stage(6, "sample", f"sample the {len(DEMO_PROMPTS)} captions from seeds {seeds[0]}..{seeds[-1]}: {', '.join(models)}", samples)
+    report = {}
+    def write_report():
+        scores = {n: toy.score_many([media.read_media(v) for v in vs], DEMO_PROMPTS) for n, vs in videos.items()}
+        sheet = contact_sheet({n: [media.read_media(v) for v in vs] for n, vs in videos.items()}, DEMO_PROMPTS,
+                              out / "contact_sheet.png", scores)
+        curves = loss_curves({f"fine-tune of toy ({train_steps} steps)": (read_metrics(out / "finetune") if train_steps else [], half),
+                              f"LoRA rank 8 ({lora_steps} steps)": (read_metrics(out / "lora") if lora_steps else [], None),
+                              f"PCM distillation ({distill_steps} steps)": (read_metrics(out / "distill") if distill_steps else [], None)},
+                             out / "loss_curves.png")
+        rel = lambda p: os.path.relpath(p, out)
+        report.update({
+            "command": "fastvideo demo --output_dir " + str(out) + "".join(f" --{k} {v}" for k, v in settings.items() if v != DEMO_DEFAULTS[k]),
+            "settings": settings, "sample_seeds": seeds, "training_seeds": {str(k): v for k, v in training_seeds(seed).items()},
+            "data": toy.score_many(clips, captions), "preprocess": summary,
+            "samples": {n: m._asdict() | {"num_inference_steps": m.steps, "videos": [rel(v) for v in videos[n]], "scores": scores[n]}
+                        for n, m in models.items()},
+            "training": {"finetune": ft, "lora": lo, "distill": di, "distill_teacher": teacher},
+            "files": {"report_html": "report.html", "report_json": "report.json", "contact_sheet": rel(sheet),
+                      "loss_curves": rel(curves) if curves else None, "preview": "preview.png", "samples": "samples",
+                      "data": "data", "preprocessed": "preprocessed", "finetune": "finetune", "lora": "lora", "distill": "distill"}})
+        return {"did": f"scored {len(scores)} models; wrote the contact sheet, the loss curves, report.json and report.html"}
+    stage(7, "report", "score, contact sheet, loss curves, report", write_report)
+    report["stages"], report["seconds"] = stages, round(time.time() - started, 2)
+    earlier = sum(json.loads(l)["seconds"] for l in log.read_text().splitlines() if l.strip())
+    report["seconds_all_runs"] = round(earlier + report["seconds"] - sum(s["seconds"] for s in stages), 2)
     media.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
-    print(_scores_line("toy data", report["data"]))
-    print(_scores_line("samples ", report["samples"]))
-    print(f"[demo] wrote {out / 'preview.png'}, {out / 'samples'}, {out / 'report.json'} in {time.time() - started:.1f}s")
+    report_html(report, out / "report.html")
+    print(f"[demo] done in {_clock(report['seconds'])}. What it made, in {out}/:")
+    made = [("report.html", "the page: score table, videos, loss curves, contact sheet (open it in a browser)"),
+            ("report.json", "the same numbers, and each stage's time"), ("contact_sheet.png", "a row per model, a column per caption"),
+            ("loss_curves.png", "fine-tune (resumed half-way), LoRA, distillation"), ("samples/", "the mp4s, a folder per model"),
+            ("data/", "the toy data set"), ("preprocessed/", "its latents and caption embeddings"),
+            ("finetune/final/", "the fine-tuned teacher"), ("lora/final/", "the LoRA adapter"), ("distill/final/", "the PCM student")]
+    for name, what in made:
+        if (out / name).exists(): print(f"  {out / name}  {what}")
+    print(score_table({n: s["scores"] for n, s in report["samples"].items()}, models))
     return report
 
+# %% ../nbs/11_cli.ipynb #bfbc5db6
 def add_demo(sub):
-    p = sub.add_parser("demo", help="run the main job on the toy default")
+    p = sub.add_parser("demo", help="run the whole kit on the toy default: data, preprocessing, fine-tune, LoRA, "
+                       "distillation, samples, scores, report.html")
     p.add_argument("--output_dir", default="outputs/demo", help="where everything is written")
-    p.add_argument("--n_videos", type=int, default=24, help="toy clips to generate")
-    p.add_argument("--n_images", type=int, default=8, help="toy images to generate")
-    p.add_argument("--seed", type=int, default=0, help="toy data and sampling seed")
-    p.add_argument("--model_path", default="toy-fast", choices=list(DEMO_MODELS),
-                   help="the shipped model to sample: the distilled student (8 PCM steps, guidance 1) or the teacher (64 Euler steps, guidance 4.5)")
-    p.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default: the model's, 8 or 64)")
-    p.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance (default: the model's, 1 or 4.5)")
-    p.add_argument("--overwrite", action="store_true", help="regenerate samples made with other sampling settings")
-    p.set_defaults(func=lambda a: demo(a.output_dir, a.n_videos, a.n_images, a.seed, a.sample_steps, a.guidance_scale,
-                                       a.overwrite, a.model_path))
+    helps = {"n_videos": "toy clips to generate", "n_images": "toy images to generate", "seed": "the toy data's seed",
+             "train_steps": "fine-tune steps of the shipped teacher (0: skip)", "lora_steps": "LoRA steps (0: skip)",
+             "distill_steps": "distillation steps (0: skip)", "train_batch_size": "batch of the three trainings",
+             "sample_seed": "the first caption's seed (caption i: seed + i); no training may have used them",
+             "teacher_steps": "Euler steps of the teacher rows (guidance 4.5)",
+             "student_steps": "PCM steps of the student rows (guidance 1)"}
+    for k, v in DEMO_DEFAULTS.items(): p.add_argument(f"--{k}", type=int, default=v, help=helps[k])
+    p.add_argument("--overwrite", action="store_true", help="redo the stages whose settings changed (without it: refused)")
+    p.set_defaults(func=lambda a: demo(a.output_dir, **{k: getattr(a, k) for k in DEMO_DEFAULTS}, overwrite=a.overwrite))
 
 # %% ../nbs/11_cli.ipynb #452f94b1
 SUBCOMMANDS = [add_toy_data, add_preprocess, add_train, add_distill, add_sample, add_launch, add_demo]
@@ -133,7 +436,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 RESUME_HINTS = {"toy-data": "rerun it with --overwrite to finish the folder (generation is deterministic)",
-                "launch": "the ranks were stopped; rank 0's notebook holds the cells that ran"}
+                "launch": "the ranks were stopped; rank 0's notebook holds the cells that ran",
+                "demo": "finished stages and the latest checkpoint of a training are kept: rerun the same command to resume"}
 
 def main(argv=None):
     "The `fastvideo` console script."

@@ -306,12 +306,13 @@ def sample(model_path, prompt=None, prompt_path=None, output_path="outputs/sampl
            num_frames=None, height=None, width=None, num_inference_steps=None, guidance_scale=None,
            scheduler_type=None, seed=1024, linear_threshold=None, linear_range=None, num_euler_timesteps=None,
            shift=None, fps=None, batch_size=1, torch_dtype="float32", vae_tiling=False, overwrite=False,
-           sp_size=1, lora_path=None, lora_scale=1.0) -> list:
+           sp_size=1, lora_path=None, lora_scale=1.0, progress=True) -> list:
     """Generate a video per prompt into `output_path` (mp4s with their settings records, contact_sheet.png,
     settings.json); returns the mp4 paths. A video already there is kept only if it was made with the same settings;
     other settings are refused (naming them) unless `overwrite`. Under torchrun, `sp_size` ranks share each video
-    (sequence parallel) and the SP groups share out the prompts. `lora_path` / `lora_scale`: as `generate`'s. Sampling
-    settings left at `None` are the folder's own (`folder_settings`), and the records hold the values used."""
+    (sequence parallel) and the SP groups share out the prompts. `lora_path` / `lora_scale`: as `generate`'s;
+    `progress`: the videos' bar (off for a caller with its own). Sampling settings left at `None` are the folder's own
+    (`folder_settings`), and the records hold the values used."""
     s = with_folder_settings(model_path, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                              scheduler_type=scheduler_type, linear_threshold=linear_threshold, linear_range=linear_range,
                              num_euler_timesteps=num_euler_timesteps, shift=shift)
@@ -337,9 +338,9 @@ def sample(model_path, prompt=None, prompt_path=None, output_path="outputs/sampl
         run.lora_path, run.lora_scale = [str(f) for f in files], scales
         run.lora_files = hashlib.sha1("".join(f"{f}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}\n" for f in files).encode()).hexdigest()[:16]
     if torch.distributed.is_initialized() or ("WORLD_SIZE" not in os.environ and sp_size == 1):
-        return _sample(run, overwrite)  # single process, or a caller (a launched notebook) owns the groups
+        return _sample(run, overwrite, progress)  # single process, or a caller (a launched notebook) owns the groups
     init_distributed(sp_size, timeout_s=12 * 3600)  # SP groups get unequal work (resumed videos, uneven prompt split)
-    try: return _sample(run, overwrite)
+    try: return _sample(run, overwrite, progress)
     finally: destroy_distributed()
 
 def settings_differences(old: dict, new: dict, prefix: str = "") -> str:
@@ -378,11 +379,11 @@ def _write_contact_sheet(run: SampleRun):
     plt.close(fig)
     return names
 
-def _generate_all(run: SampleRun, todo: list, pipe):
+def _generate_all(run: SampleRun, todo: list, pipe, progress: bool = True):
     "Generate and write the videos `todo` of this rank, batch by batch."
     shape = latent_shape(pipe, run.num_frames, run.height, run.width) if todo else None
     writer, paths = sp_rank() == 0, run.paths  # one rank of each SP group decodes and writes
-    for start in tqdm(range(0, len(todo), run.batch_size), desc="sample", unit="batch", disable=not todo or not is_main()):
+    for start in tqdm(range(0, len(todo), run.batch_size), desc="sample", unit="batch", disable=not (todo and progress and is_main())):
         batch = todo[start:start + run.batch_size]
         # each prompt gets its own noise (seed + index), so batching, resuming and process counts change no video
         latents = torch.cat([prepare_latents(1, shape, run.seed + i) for i in batch])
@@ -396,7 +397,7 @@ def _generate_all(run: SampleRun, todo: list, pipe):
                 media.write_text(paths[i].with_suffix(".json"), json.dumps(run.video_record(i), indent=1) + "\n")
                 media.write_mp4(paths[i], to_uint8(f), run.fps)
 
-def _sample(run: SampleRun, overwrite: bool) -> list:
+def _sample(run: SampleRun, overwrite: bool, progress: bool = True) -> list:
     todo_all = videos_to_make(run, overwrite)  # every rank checks the same files: they all raise, or none does
     todo = [i for i in todo_all if i % dp_size() == dp_rank()]
     run.output_path.mkdir(parents=True, exist_ok=True)
@@ -409,7 +410,7 @@ def _sample(run: SampleRun, overwrite: bool) -> list:
         from fastvideo.lora import applied_loras
         adapters = applied_loras(pipe.transformer, run.lora_path, run.lora_scale)
     started, paths = time.time(), run.paths
-    with adapters: _generate_all(run, todo, pipe)
+    with adapters: _generate_all(run, todo, pipe, progress)
     if torch.distributed.is_initialized(): torch.distributed.barrier()
     if is_main():
         record = asdict(run) | {"output_path": str(run.output_path), "videos": [p.name for p in paths],

@@ -5,7 +5,8 @@ import pytest
 
 # the longest files, longest first (measured on 2 cores): under pytest-xdist's --dist loadfile each file goes whole to
 # one worker in this order, so the long ones start first and the short ones fill in around them
-LONGEST_FIRST = ("test_train.py", "test_teacher.py", "test_lora.py", "test_distill.py", "test_sampling.py", "test_data.py")
+LONGEST_FIRST = ("test_train.py", "test_demo.py", "test_teacher.py", "test_lora.py", "test_distill.py", "test_sampling.py",
+                 "test_data.py", "test_demo_report.py")
 
 
 def pytest_collection_modifyitems(items):

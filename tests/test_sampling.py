@@ -245,18 +245,6 @@ def test_contact_sheet_is_bounded_and_not_redrawn_for_nothing(tmp_path):
     assert sheet.stat().st_mtime_ns == stamp, "nothing changed: the sheet must not be redrawn"
 
 
-def test_demo_rerun_with_other_sample_steps(tmp_path, capsys):
-    from fastvideo.cli import demo
-    demo(tmp_path / "d", n_videos=2, n_images=1, sample_steps=1)
-    with pytest.raises(ValueError, match="num_inference_steps was 1, now 2"):
-        demo(tmp_path / "d", n_videos=2, n_images=1, sample_steps=2)
-    with pytest.raises(ValueError, match="--n_videos was 2, now 3"):
-        demo(tmp_path / "d", n_videos=3, n_images=1, sample_steps=1)
-    report = demo(tmp_path / "d", n_videos=2, n_images=1, sample_steps=2, overwrite=True)
-    assert json.loads((tmp_path / "d/samples/000_a_red_circle_moving_left.json").read_text())["num_inference_steps"] == 2
-    assert report["samples"]["n"] == 6
-
-
 def test_a_changed_model_folder_is_named(tmp_path):
     "Fine-tuning writes new weights into the same folder: videos of the old weights are not kept under the new ones."
     import os, shutil
