@@ -43,7 +43,11 @@ def preprocess(proc_dir: Path):
     import nbdev.serve_drv
     cfg = get_config()
     refresh_quarto_yml()
-    _build_modidx()
+    # nbdev deletes _modidx.py before writing it anew: rebuild it only when a module is newer, so that a build while
+    # other processes copy or import the package (the test suite runs two at a time) never finds it missing
+    idx, lib = Path(cfg.lib_path) / "_modidx.py", Path(cfg.lib_path)
+    if not idx.exists() or any(p.stat().st_mtime > idx.stat().st_mtime for p in lib.rglob("*.py") if p != idx):
+        _build_modidx()
     nbdev_sidebar.__wrapped__(path=cfg.nbs_path)
     if proc_dir.exists(): shutil.rmtree(proc_dir)
     proc_dir.mkdir(parents=True)
