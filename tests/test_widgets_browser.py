@@ -112,6 +112,19 @@ def test_sampler_in_jupyterlab(lab):
         assert video_state()["duration"] > 0 and len(sampler.find_elements(By.CSS_SELECTOR, ".fv-history-item")) == 1
         assert "Traceback" not in js("return arguments[0].innerText", sampler)
         screenshot(driver, "widget_bad_input")
+        type_into("prompt", "a blue square moving right")
+        for label, value, message, restore in (
+                ("steps", "0", "steps must be at least 1, got 0", "8"),
+                ("LoRA", "/no/such/adapter.safetensors", "LoRA file /no/such/adapter.safetensors: no such file", ""),
+                ("model", "/no/such/model", "--model_path /no/such/model: no such folder", "toy-fast")):
+            type_into(label, value)
+            press("Generate")
+            wait_for(lambda: message in status(), 30, f"the message for {label} {value!r}")
+            assert len(status().splitlines()) == 1, status()
+            assert video_state()["duration"] > 0 and len(sampler.find_elements(By.CSS_SELECTOR, ".fv-history-item")) == 1
+            if restore: type_into(label, restore)
+            else: control(label).send_keys(Keys.CONTROL, "a", Keys.DELETE, Keys.ENTER)
+        assert "Traceback" not in js("return arguments[0].innerText", sampler)
 
         # Stop during a long run: the teacher at 64 Euler steps (choosing it sets its steps)
         type_into("prompt", "a green circle moving up")
