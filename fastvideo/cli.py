@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_cli.ipynb #6e37eafd
 from __future__ import annotations
-import argparse, html, json, os, shutil, sys, time
+import argparse, contextlib, html, json, os, shutil, sys, time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,10 +18,11 @@ from .distill import DistillConfig, add_distill, distill
 from .train import TrainConfig, add_train, checkpoint_folders, train
 
 # %% auto #0
-__all__ = ['DEMO_PROMPTS', 'DEMO_TRAIN_SEED', 'SHIPPED_SEEDS', 'DEMO_DEFAULTS', 'DEMO_STAGE_FLAGS', 'FINETUNE_LR', 'DEMO_STAGES',
-           'SUBCOMMANDS', 'RESUME_HINTS', 'add_toy_data', 'training_seeds', 'check_demo_settings', 'demo_folder',
-           'demo_finetune', 'demo_lora', 'demo_distill', 'DemoModel', 'demo_models', 'demo_samples', 'score_table',
-           'trail', 'contact_sheet', 'read_metrics', 'loss_curves', 'report_html', 'demo', 'add_demo', 'parser', 'main']
+__all__ = ['DEMO_PROMPTS', 'DEMO_TRAIN_SEED', 'SHIPPED_SEEDS', 'DEMO_DEFAULTS', 'DEMO_STAGE_FLAGS', 'LOCK_NAME', 'FINETUNE_LR',
+           'DEMO_STAGES', 'SUBCOMMANDS', 'RESUME_HINTS', 'add_toy_data', 'training_seeds', 'check_demo_settings',
+           'demo_folder', 'demo_lock', 'demo_finetune', 'demo_lora', 'demo_distill', 'DemoModel', 'demo_models',
+           'demo_samples', 'score_table', 'trail', 'contact_sheet', 'read_metrics', 'loss_curves', 'report_html',
+           'demo', 'add_demo', 'parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #d2160b8d
 def _toy_data(args):
@@ -79,6 +80,7 @@ def check_demo_settings(s: dict):
                          f"(the default is {DEMO_DEFAULTS['sample_seed']})")
 
 # %% ../nbs/11_cli.ipynb #ecba25b4
+LOCK_NAME = ".demo.lock"  # the process writing into a demo folder
 _STAGE_FOLDERS = {"data": ("data", "preprocessed", "preview.png"), "finetune": ("finetune",), "lora": ("lora",),
                   "distill": ("distill",)}
 
@@ -93,7 +95,7 @@ def demo_folder(out: Path, settings: dict, overwrite: bool = False) -> list:
     elif (out / "data" / "data.json").exists():
         raise ValueError(f"--output_dir {out} holds a toy data set with no record of its settings; use another "
                          "--output_dir, or delete it to start again")
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise ValueError(f"--output_dir {out} is not empty and holds no demo; use a new or empty folder")
     else: old = {}
     changed = [k for k in settings if k in old and old[k] != settings[k]]
@@ -110,6 +112,31 @@ def demo_folder(out: Path, settings: dict, overwrite: bool = False) -> list:
     out.mkdir(parents=True, exist_ok=True)
     media.write_text(record, json.dumps(settings, indent=1) + "\n")
     return redo
+
+@contextlib.contextmanager
+def demo_lock(out: Path):
+    """Hold `out/.demo.lock` while a demo writes into `out`: a second demo into the same folder is refused while the
+    first one's process lives; a lock left by a killed process is taken over."""
+    if out.exists() and not out.is_dir(): raise ValueError(f"--output_dir {out} is a file; expected a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_NAME
+    for _ in range(2):
+        try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try: pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError): pid = 0
+            try: alive = pid > 0 and (os.kill(pid, 0) or True)
+            except ProcessLookupError: alive = False
+            except PermissionError: alive = True  # someone else's live process
+            if alive: raise ValueError(f"--output_dir {out}: another demo (process {pid}) is writing there; wait for it "
+                                       f"to end, or use another --output_dir") from None
+            lock.unlink(missing_ok=True)  # its process is gone (killed): the lock is stale
+            continue
+        with os.fdopen(fd, "w") as f: f.write(f"{os.getpid()}\n")
+        break
+    else: raise ValueError(f"--output_dir {out}: could not take {lock}")
+    try: yield lock
+    finally: lock.unlink(missing_ok=True)
 
 # %% ../nbs/11_cli.ipynb #1ada1ebe
 FINETUNE_LR = 5e-5  # the fine-tune's AdamW learning rate (the teacher was trained from scratch at 1e-3)
@@ -323,93 +350,94 @@ def demo(output_dir="outputs/demo", n_videos=24, n_images=8, seed=0, train_steps
     settings = {k: v for k, v in locals().items() if k in DEMO_DEFAULTS}
     check_demo_settings(settings)
     out, started, stages = Path(output_dir), time.time(), []
-    redo = demo_folder(out, settings, overwrite)
-    if redo: print(f"[demo] --overwrite: redoing {', '.join(redo)} (their settings changed)")
-    log = out / "demo_log.jsonl"
-    def stage(k, name, title, work):
-        print(f"[demo] {k}/{DEMO_STAGES} {title}")
-        t = time.time()
-        done = work() or {}
-        record = {"stage": f"{k}/{DEMO_STAGES} {name}", "seconds": round(time.time() - t, 2), "did": done.get("did", "")}
-        stages.append(record | {k: v for k, v in done.items() if k != "did"})
-        with open(log, "a") as f: f.write(json.dumps(stages[-1] | {"run_started": round(started, 2)}) + "\n")
-        print(f"[demo] {k}/{DEMO_STAGES} {name}: {record['did']} ({_clock(record['seconds'])})")
-        return done
-    root, pre = out / "data", out / "preprocessed"
-    data_json = pre / "videos2caption.json"
-    def toy_data():
-        if (root / "data.json").exists(): return {"did": f"kept the toy data set in {root}"}
-        toy.make_dataset(root, n_videos=n_videos, n_images=n_images, seed=seed, overwrite=True, progress=progress)
-        return {"did": f"wrote {n_videos} clips and {n_images} images to {root}"}
-    stage(1, "toy data", f"toy data: {n_videos} clips, {n_images} images, seed {seed}", toy_data)
-    items = json.loads((root / "data.json").read_text())
-    clips, captions = [media.read_media(root / "media" / it["path"]) for it in items], [it["cap"][0] for it in items]
-    if not (out / "preview.png").exists():
-        fig = toy.frame_grid(clips[:6], captions[:6])
-        with media.atomic_write(out / "preview.png") as tmp: fig.savefig(tmp, dpi=80, format="png")
-        plt.close(fig)
-    summary = {}
-    def preprocess():
-        summary.update(data.preprocess(root / "merge.txt", pre, "toy", progress=progress))
-        return {"did": f"{summary['encoded']} items encoded now, {summary['done_before']} kept"}
-    stage(2, "preprocess", "preprocess with the shipped toy VAE and T5 (finished items are kept)", preprocess)
-    skip = lambda: {"did": "skipped (0 steps)"}
-    half = max(1, train_steps // 2)
-    ft = stage(3, "fine-tune", f"fine-tune the shipped teacher toy: {train_steps} steps, batch {train_batch_size}, lr "
-               f"{FINETUNE_LR:g}, checkpoint at {half}, where the second piece resumes",
-               (lambda: demo_finetune(data_json, out / "finetune", train_steps, train_batch_size, progress)) if train_steps else skip)
-    lo = stage(4, "LoRA", f"LoRA (rank 8, lr 1e-3) on the shipped teacher: {lora_steps} steps",
-          (lambda: demo_lora(data_json, out / "lora", lora_steps, train_batch_size, progress)) if lora_steps else skip)
-    teacher = str(out / "finetune" / "final") if train_steps else "toy"
-    di = stage(5, "distill", f"distil a one-phase PCM student from {'the fine-tuned teacher' if train_steps else 'the shipped teacher'} "
-          f"({teacher}): {distill_steps} steps, guidance 3.5 distilled in, EMA target",
-          (lambda: demo_distill(data_json, out / "distill", distill_steps, train_batch_size, teacher, progress)) if distill_steps else skip)
-    models = demo_models(out, settings)
-    seeds = list(range(sample_seed, sample_seed + len(DEMO_PROMPTS)))
-    videos = {}
-    def samples():
-        videos.update(demo_samples(out, models, sample_seed, overwrite, progress))
-        made = sum(json.loads((Path(vs[0]).parent / "settings.json").read_text())["generated_now"] for vs in videos.values())
-        return {"did": f"{made} videos made now, {len(models) * len(DEMO_PROMPTS) - made} kept ({len(models)} models, "
-                       f"in {out / 'samples'})", "made": made}
-    stage(6, "sample", f"sample the {len(DEMO_PROMPTS)} captions from seeds {seeds[0]}..{seeds[-1]}: {', '.join(models)}", samples)
-    report = {}
-    def write_report():
-        scores = {n: toy.score_many([media.read_media(v) for v in vs], DEMO_PROMPTS) for n, vs in videos.items()}
-        sheet = contact_sheet({n: [media.read_media(v) for v in vs] for n, vs in videos.items()}, DEMO_PROMPTS,
-                              out / "contact_sheet.png", scores)
-        curves = loss_curves({f"fine-tune of toy ({train_steps} steps)": (read_metrics(out / "finetune") if train_steps else [], half),
-                              f"LoRA rank 8 ({lora_steps} steps)": (read_metrics(out / "lora") if lora_steps else [], None),
-                              f"PCM distillation ({distill_steps} steps)": (read_metrics(out / "distill") if distill_steps else [], None)},
-                             out / "loss_curves.png")
-        rel = lambda p: os.path.relpath(p, out)
-        report.update({
-            "command": "fastvideo demo --output_dir " + str(out) + "".join(f" --{k} {v}" for k, v in settings.items() if v != DEMO_DEFAULTS[k]),
-            "settings": settings, "sample_seeds": seeds, "training_seeds": {str(k): v for k, v in training_seeds(seed).items()},
-            "data": toy.score_many(clips, captions), "preprocess": summary,
-            "samples": {n: m._asdict() | {"num_inference_steps": m.steps, "videos": [rel(v) for v in videos[n]], "scores": scores[n]}
-                        for n, m in models.items()},
-            "training": {"finetune": ft, "lora": lo, "distill": di, "distill_teacher": teacher},
-            "files": {"report_html": "report.html", "report_json": "report.json", "contact_sheet": rel(sheet),
-                      "loss_curves": rel(curves) if curves else None, "preview": "preview.png", "samples": "samples",
-                      "data": "data", "preprocessed": "preprocessed", "finetune": "finetune", "lora": "lora", "distill": "distill"}})
-        return {"did": f"scored {len(scores)} models; wrote the contact sheet, the loss curves, report.json and report.html"}
-    stage(7, "report", "score, contact sheet, loss curves, report", write_report)
-    report["stages"], report["seconds"] = stages, round(time.time() - started, 2)
-    earlier = sum(json.loads(l)["seconds"] for l in log.read_text().splitlines() if l.strip())
-    report["seconds_all_runs"] = round(earlier + report["seconds"] - sum(s["seconds"] for s in stages), 2)
-    media.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
-    report_html(report, out / "report.html")
-    print(f"[demo] done in {_clock(report['seconds'])}. What it made, in {out}/:")
-    made = [("report.html", "the page: score table, videos, loss curves, contact sheet (open it in a browser)"),
-            ("report.json", "the same numbers, and each stage's time"), ("contact_sheet.png", "a row per model, a column per caption"),
-            ("loss_curves.png", "fine-tune (resumed half-way), LoRA, distillation"), ("samples/", "the mp4s, a folder per model"),
-            ("data/", "the toy data set"), ("preprocessed/", "its latents and caption embeddings"),
-            ("finetune/final/", "the fine-tuned teacher"), ("lora/final/", "the LoRA adapter"), ("distill/final/", "the PCM student")]
-    for name, what in made:
-        if (out / name).exists(): print(f"  {out / name}  {what}")
-    print(score_table({n: s["scores"] for n, s in report["samples"].items()}, models))
-    return report
+    with demo_lock(out):  # one demo at a time in a folder
+        redo = demo_folder(out, settings, overwrite)
+        if redo: print(f"[demo] --overwrite: redoing {', '.join(redo)} (their settings changed)")
+        log = out / "demo_log.jsonl"
+        def stage(k, name, title, work):
+            print(f"[demo] {k}/{DEMO_STAGES} {title}")
+            t = time.time()
+            done = work() or {}
+            record = {"stage": f"{k}/{DEMO_STAGES} {name}", "seconds": round(time.time() - t, 2), "did": done.get("did", "")}
+            stages.append(record | {k: v for k, v in done.items() if k != "did"})
+            with open(log, "a") as f: f.write(json.dumps(stages[-1] | {"run_started": round(started, 2)}) + "\n")
+            print(f"[demo] {k}/{DEMO_STAGES} {name}: {record['did']} ({_clock(record['seconds'])})")
+            return done
+        root, pre = out / "data", out / "preprocessed"
+        data_json = pre / "videos2caption.json"
+        def toy_data():
+            if (root / "data.json").exists(): return {"did": f"kept the toy data set in {root}"}
+            toy.make_dataset(root, n_videos=n_videos, n_images=n_images, seed=seed, overwrite=True, progress=progress)
+            return {"did": f"wrote {n_videos} clips and {n_images} images to {root}"}
+        stage(1, "toy data", f"toy data: {n_videos} clips, {n_images} images, seed {seed}", toy_data)
+        items = json.loads((root / "data.json").read_text())
+        clips, captions = [media.read_media(root / "media" / it["path"]) for it in items], [it["cap"][0] for it in items]
+        if not (out / "preview.png").exists():
+            fig = toy.frame_grid(clips[:6], captions[:6])
+            with media.atomic_write(out / "preview.png") as tmp: fig.savefig(tmp, dpi=80, format="png")
+            plt.close(fig)
+        summary = {}
+        def preprocess():
+            summary.update(data.preprocess(root / "merge.txt", pre, "toy", progress=progress))
+            return {"did": f"{summary['encoded']} items encoded now, {summary['done_before']} kept"}
+        stage(2, "preprocess", "preprocess with the shipped toy VAE and T5 (finished items are kept)", preprocess)
+        skip = lambda: {"did": "skipped (0 steps)"}
+        half = max(1, train_steps // 2)
+        ft = stage(3, "fine-tune", f"fine-tune the shipped teacher toy: {train_steps} steps, batch {train_batch_size}, lr "
+                   f"{FINETUNE_LR:g}, checkpoint at {half}, where the second piece resumes",
+                   (lambda: demo_finetune(data_json, out / "finetune", train_steps, train_batch_size, progress)) if train_steps else skip)
+        lo = stage(4, "LoRA", f"LoRA (rank 8, lr 1e-3) on the shipped teacher: {lora_steps} steps",
+              (lambda: demo_lora(data_json, out / "lora", lora_steps, train_batch_size, progress)) if lora_steps else skip)
+        teacher = str(out / "finetune" / "final") if train_steps else "toy"
+        di = stage(5, "distill", f"distil a one-phase PCM student from {'the fine-tuned teacher' if train_steps else 'the shipped teacher'} "
+              f"({teacher}): {distill_steps} steps, guidance 3.5 distilled in, EMA target",
+              (lambda: demo_distill(data_json, out / "distill", distill_steps, train_batch_size, teacher, progress)) if distill_steps else skip)
+        models = demo_models(out, settings)
+        seeds = list(range(sample_seed, sample_seed + len(DEMO_PROMPTS)))
+        videos = {}
+        def samples():
+            videos.update(demo_samples(out, models, sample_seed, overwrite, progress))
+            made = sum(json.loads((Path(vs[0]).parent / "settings.json").read_text())["generated_now"] for vs in videos.values())
+            return {"did": f"{made} videos made now, {len(models) * len(DEMO_PROMPTS) - made} kept ({len(models)} models, "
+                           f"in {out / 'samples'})", "made": made}
+        stage(6, "sample", f"sample the {len(DEMO_PROMPTS)} captions from seeds {seeds[0]}..{seeds[-1]}: {', '.join(models)}", samples)
+        report = {}
+        def write_report():
+            scores = {n: toy.score_many([media.read_media(v) for v in vs], DEMO_PROMPTS) for n, vs in videos.items()}
+            sheet = contact_sheet({n: [media.read_media(v) for v in vs] for n, vs in videos.items()}, DEMO_PROMPTS,
+                                  out / "contact_sheet.png", scores)
+            curves = loss_curves({f"fine-tune of toy ({train_steps} steps)": (read_metrics(out / "finetune") if train_steps else [], half),
+                                  f"LoRA rank 8 ({lora_steps} steps)": (read_metrics(out / "lora") if lora_steps else [], None),
+                                  f"PCM distillation ({distill_steps} steps)": (read_metrics(out / "distill") if distill_steps else [], None)},
+                                 out / "loss_curves.png")
+            rel = lambda p: os.path.relpath(p, out)
+            report.update({
+                "command": "fastvideo demo --output_dir " + str(out) + "".join(f" --{k} {v}" for k, v in settings.items() if v != DEMO_DEFAULTS[k]),
+                "settings": settings, "sample_seeds": seeds, "training_seeds": {str(k): v for k, v in training_seeds(seed).items()},
+                "data": toy.score_many(clips, captions), "preprocess": summary,
+                "samples": {n: m._asdict() | {"num_inference_steps": m.steps, "videos": [rel(v) for v in videos[n]], "scores": scores[n]}
+                            for n, m in models.items()},
+                "training": {"finetune": ft, "lora": lo, "distill": di, "distill_teacher": teacher},
+                "files": {"report_html": "report.html", "report_json": "report.json", "contact_sheet": rel(sheet),
+                          "loss_curves": rel(curves) if curves else None, "preview": "preview.png", "samples": "samples",
+                          "data": "data", "preprocessed": "preprocessed", "finetune": "finetune", "lora": "lora", "distill": "distill"}})
+            return {"did": f"scored {len(scores)} models; wrote the contact sheet, the loss curves, report.json and report.html"}
+        stage(7, "report", "score, contact sheet, loss curves, report", write_report)
+        report["stages"], report["seconds"] = stages, round(time.time() - started, 2)
+        earlier = sum(json.loads(l)["seconds"] for l in log.read_text().splitlines() if l.strip())
+        report["seconds_all_runs"] = round(earlier + report["seconds"] - sum(s["seconds"] for s in stages), 2)
+        media.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+        report_html(report, out / "report.html")
+        print(f"[demo] done in {_clock(report['seconds'])}. What it made, in {out}/:")
+        made = [("report.html", "the page: score table, videos, loss curves, contact sheet (open it in a browser)"),
+                ("report.json", "the same numbers, and each stage's time"), ("contact_sheet.png", "a row per model, a column per caption"),
+                ("loss_curves.png", "fine-tune (resumed half-way), LoRA, distillation"), ("samples/", "the mp4s, a folder per model"),
+                ("data/", "the toy data set"), ("preprocessed/", "its latents and caption embeddings"),
+                ("finetune/final/", "the fine-tuned teacher"), ("lora/final/", "the LoRA adapter"), ("distill/final/", "the PCM student")]
+        for name, what in made:
+            if (out / name).exists(): print(f"  {out / name}  {what}")
+        print(score_table({n: s["scores"] for n, s in report["samples"].items()}, models))
+        return report
 
 # %% ../nbs/11_cli.ipynb #bfbc5db6
 def add_demo(sub):
