@@ -175,6 +175,7 @@ def adapters_off(model: nn.Module):
 
 class PCMDistillation:
     "The fine-tuning loop's objective for PCM: `pcm_loss` at grid points drawn uniformly, the phases as scheduled."
+    name = "distill"  # its progress bar
     def __init__(self, config: DistillConfig, teacher: nn.Module | None):
         if teacher is None and not config.use_lora: raise ValueError("a full distillation needs the teacher model")
         self.config, self.teacher = config, None if config.use_lora else teacher

@@ -494,6 +494,7 @@ def validate(model: nn.Module, model_path, prompts: list, out_dir, step: int, em
 # %% ../nbs/07_train.ipynb #213c29f9
 class FlowMatching:
     "Fine-tuning's objective: `flow_matching_loss` at noise levels drawn as `--weighting_scheme` says."
+    name = "train"  # its progress bar
     def __init__(self, config: TrainConfig): self.config = config
     def setup(self, model: nn.Module, device, place): pass  # nothing beside the model
     def meta(self) -> dict: return {}
@@ -607,7 +608,7 @@ def _train(config, model, progress, model_path, state, tqdm, objective):
     batches = _loader(dataset, _batches(sampler, step * config.gradient_accumulation_steps), mine, config.dataloader_num_workers)
     model.train()
     log = open(out / "metrics.jsonl", "a") if main else None
-    bar = tqdm(total=config.max_train_steps, initial=step, disable=not (progress and main), desc="train", unit="step")
+    bar = tqdm(total=config.max_train_steps, initial=step, disable=not (progress and main), desc=getattr(objective, "name", "train"), unit="step")
     try:
         while step < config.max_train_steps:
             start, total, tokens = time.perf_counter(), torch.zeros((), device=device), 0
