@@ -13,7 +13,7 @@ import numpy as np
 from . import media, toy
 from .data import add_preprocess
 from .launch import add_launch
-from .sampling import add_sample, settings_differences
+from .sampling import add_sample, folder_settings, settings_differences
 from .distill import DistillConfig, add_distill, distill
 from .train import TrainConfig, add_train, checkpoint_folders, train
 
@@ -206,8 +206,10 @@ class DemoModel(NamedTuple):
 def demo_models(out: Path, s: dict) -> dict:
     "The demo's rows, name -> `DemoModel`: the two shipped models, then what each training stage made (if it ran)."
     T, S = s["teacher_steps"], s["student_steps"]
+    student = folder_settings("toy-fast")  # how the shipped student samples: its distill_config.json
     rows = {f"toy@{T}": DemoModel("toy", None, "euler", T, 4.5, "the shipped teacher"),
-            f"toy-fast@{S}": DemoModel("toy-fast", None, "pcm_linear_quadratic", S, 1.0, "the shipped student (PCM, guidance distilled in)")}
+            f"toy-fast@{S}": DemoModel("toy-fast", None, student["scheduler_type"], S, student["guidance_scale"],
+                                       "the shipped student (PCM, guidance distilled in)")}
     if s["train_steps"]:
         rows[f"fine-tuned@{T}"] = DemoModel(str(out / "finetune" / "final"), None, "euler", T, 4.5,
                                             f"the shipped teacher fine-tuned {s['train_steps']} steps on the demo's data")
