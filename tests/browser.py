@@ -2,7 +2,7 @@
 
 `make test` installs both when it runs as root (`.ci/run` does); elsewhere a missing browser skips the browser tests,
 except under CI (`CI` set), where it fails them: a green CI run must have opened the pages."""
-import os, shutil, socket, time
+import contextlib, functools, http.server, os, shutil, socket, threading, time
 from pathlib import Path
 
 import pytest
@@ -41,6 +41,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+
+@contextlib.contextmanager
+def serve(folder):
+    "`folder` over http on 127.0.0.1 at a free port, without request logs; yields the base url (ending in /)."
+    quiet = type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), functools.partial(quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try: yield f"http://127.0.0.1:{server.server_port}/"
+    finally: server.shutdown(); server.server_close()
 
 
 def wait_for(condition, timeout: float, what: str, every: float = 0.25):

@@ -1,8 +1,6 @@
 """The demo's report.html in Chromium, served over http as a person would open it: every video plays, every picture
 loads, the score table has the shipped teacher's and student's rows; a screenshot is kept (outputs/screenshots)."""
-import functools, http.server, threading
-
-from browser import chrome, free_port, need_browser, screenshot, wait_for
+from browser import chrome, need_browser, screenshot, serve, wait_for
 
 SMALL = {"n_videos": 4, "n_images": 2, "train_steps": 2, "lora_steps": 2, "distill_steps": 2, "train_batch_size": 2,
          "teacher_steps": 16, "student_steps": 8}
@@ -13,13 +11,14 @@ def test_report_html_in_chromium(tmp_path):
     from fastvideo.cli import demo
     out = tmp_path / "demo"
     report = demo(out, **SMALL, progress=False)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with serve(out) as url:
+        check_report(url, report)
+
+
+def check_report(url, report):
     driver = chrome(1500, 1100)
     try:
-        driver.get(f"http://127.0.0.1:{server.server_address[1]}/report.html")
+        driver.get(f"{url}report.html")
         videos = wait_for(lambda: driver.execute_script(
             "const v = [...document.querySelectorAll('video')];"
             "return v.length && v.every(e => e.readyState >= 2 && e.duration > 0) ? v.map(e => [e.currentSrc, e.duration]) : null"),
@@ -39,4 +38,3 @@ def test_report_html_in_chromium(tmp_path):
         assert not errors, errors
     finally:
         driver.quit()
-        server.shutdown()

@@ -3,12 +3,12 @@ renderer, the one these machines have) into a temporary folder, served by http.s
 have its title and the sidebar, every picture must load, every video must have a source, every link to this site
 must answer 200 (and its anchor exist), links to the repository's files must point at git_url, and the build must
 leave the repository's tracked files as they were. Screenshots: outputs/screenshots/docs_home.png, docs_lesson.png."""
-import configparser, functools, http.server, re, subprocess, sys, threading, time, urllib.parse, urllib.request
+import configparser, re, subprocess, sys, time, urllib.parse, urllib.request
 from pathlib import Path
 
 import pytest
 
-from browser import chrome, free_port, need_browser, screenshot, wait_for
+from browser import chrome, need_browser, screenshot, serve, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = configparser.ConfigParser()
@@ -38,14 +38,8 @@ def site(tmp_path_factory):
     assert re.match(r"docs: \d+ pages in _docs/ \(fallback renderer: Quarto not installed\)", last), last
     assert tracked_state() == before, "the docs build rewrote tracked files (see git status)"
     out = tmp / "_docs"
-    handler = functools.partial(type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
-                                directory=str(out))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield dict(dir=out, url=f"http://127.0.0.1:{server.server_port}/", build_s=took, log=run.stdout)
-    finally:
-        server.shutdown(); server.server_close()
+    with serve(out) as url:
+        yield dict(dir=out, url=url, build_s=took, log=run.stdout)
 
 
 # every <img> loaded, every <video> with a source, the sidebar and its highlighted entry, every link
