@@ -11,6 +11,7 @@ interrupted one resumes from its checkpoint. The phase edges of each grid are pr
 table half the grid lies above sigma 0.975, so extra phases land up there.
 """
 import argparse, json, time
+from pathlib import Path
 
 import torch
 
@@ -19,7 +20,7 @@ from fastvideo import data, toy  # noqa: E402
 from fastvideo.dit import MochiDiT  # noqa: E402
 from fastvideo.distill import DistillConfig, distill, distill_grid, phase_edges  # noqa: E402
 from fastvideo.sampling import toy_scores  # noqa: E402
-from pathlib import Path  # noqa: E402
+
 
 ARMS = ["lq, 1 phase=1:lq", "lq, 2 phases=2:lq", "lq, 4 phases=4:lq", "even, 1 phase=1:shift1", "even, 2 phases=2:shift1",
         "even, 4 phases=4:shift1", "shift 3, 4 phases=4:shift3"]
@@ -51,7 +52,7 @@ for spec in args.arm or ARMS:
     arms.append((name, int(phases), grid, grid_flags(grid)))
 
 for name, phases, grid, flags in arms:
-    g = distill_grid(50, **{k: v for k, v in flags.items()})
+    g = distill_grid(50, **flags)
     print(f"{name}: phase edges at sigma", [round(float(g[e]), 3) for e in phase_edges(50, phases)])
 
 work = Path(args.work)
