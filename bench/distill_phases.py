@@ -6,7 +6,7 @@ Run: .venv/bin/python bench/distill_phases.py --work outputs/distill_phases [--a
 GRID is `lq` (the linear-quadratic table at the kit's defaults, threshold 0.025 and linear range 0.5) or `shiftS` (the
 shifted linear table, `--scheduler_type pcm --shift S`; shift1 is even in sigma). Every arm is the distillation run
 notebook's recipe (600 clips of data seed 11, batch 16, lr 1e-4, 50 warm-up steps, distill_cfg 3.5, the EMA target at
-0.95, 750 steps) with only its phases and grid changed. An arm whose `final/` exists is scored, not trained again; an
+0.95, 750 steps) with only its phases and grid changed (`--distill_cfg W` changes every arm's solver guidance). An arm whose `final/` exists is scored, not trained again; an
 interrupted one resumes from its checkpoint. The phase edges of each grid are printed first: on the linear-quadratic
 table half the grid lies above sigma 0.975, so extra phases land up there.
 """
@@ -30,6 +30,7 @@ p.add_argument("--arm", action="append", default=None, help="NAME=PHASES:GRID, G
 p.add_argument("--steps", type=int, nargs="+", default=[8, 4, 2, 1])
 p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
 p.add_argument("--max_train_steps", type=int, default=750)
+p.add_argument("--distill_cfg", type=float, default=3.5, help="the teacher's guidance in the solver step, every arm")
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--json", default=None)
 args = p.parse_args()
@@ -61,12 +62,12 @@ if not (work / "preprocessed" / "videos2caption.json").exists():
 data.preprocess(work / "data" / "merge.txt", work / "preprocessed", "toy", progress=False)
 rows = {}
 for name, phases, grid, flags in arms:
-    out = work / f"{grid}-p{phases}-{args.max_train_steps}"
+    out = work / (f"{grid}-p{phases}-{args.max_train_steps}" + ("" if args.distill_cfg == 3.5 else f"-cfg{args.distill_cfg:g}"))
     if not (out / "final").exists():
         config = DistillConfig(data_json_path=str(work / "preprocessed" / "videos2caption.json"), output_dir=str(out),
                                train_batch_size=16, max_train_steps=args.max_train_steps, learning_rate=1e-4, lr_warmup_steps=50,
                                cfg=0.0, seed=0, checkpointing_steps=250, checkpoints_total_limit=1, resume_from_checkpoint="latest",
-                               distill_cfg=3.5, multi_phased_distill_schedule=f"{args.max_train_steps}-{phases}", use_ema=True,
+                               distill_cfg=args.distill_cfg, multi_phased_distill_schedule=f"{args.max_train_steps}-{phases}", use_ema=True,
                                ema_decay=0.95, **flags)
         load = lambda: MochiDiT.from_pretrained(toy.model_path(), subfolder="transformer")
         started = time.time()
