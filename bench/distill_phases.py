@@ -5,14 +5,16 @@ Run: .venv/bin/python bench/distill_phases.py --work outputs/distill_phases [--a
 
 GRID is `lq` (the linear-quadratic table at the kit's defaults, threshold 0.025 and linear range 0.5) or `shiftS` (the
 shifted linear table, `--scheduler_type pcm --shift S`; shift1 is even in sigma). Every arm is the distillation run
-notebook's recipe (600 clips of data seed 11, batch 16, lr 1e-4, 50 warm-up steps, distill_cfg 3.5, the EMA target at
-0.95, 750 steps) with only its phases and grid changed (`--distill_cfg W` changes every arm's solver guidance). An arm whose `final/` exists is scored, not trained again; an
+notebook's recipe, read from the parameters cell of `nbs/runs/distill.ipynb` (today 600 clips of data seed 11, batch
+16, lr 1e-4, 50 warm-up steps, distill_cfg 3.5, the EMA target at 0.95, 750 steps), with only its phases and grid
+changed (`--distill_cfg W` and `--max_train_steps N` change every arm's). An arm whose `final/` exists is scored, not trained again; an
 interrupted one resumes from its checkpoint. The phase edges of each grid are printed first: on the linear-quadratic
 table half the grid lies above sigma 0.975, so extra phases land up there.
 """
-import argparse, json, time
+import argparse, ast, json, time
 from pathlib import Path
 
+import papermill
 import torch
 
 from _memory import ROOT  # noqa: F401 (puts the repository on sys.path)
@@ -29,8 +31,10 @@ p.add_argument("--work", default="outputs/distill_phases", help="data set and on
 p.add_argument("--arm", action="append", default=None, help="NAME=PHASES:GRID, GRID lq or shiftS (default: %s)" % "; ".join(ARMS))
 p.add_argument("--steps", type=int, nargs="+", default=[8, 4, 2, 1])
 p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-p.add_argument("--max_train_steps", type=int, default=750)
-p.add_argument("--distill_cfg", type=float, default=3.5, help="the teacher's guidance in the solver step, every arm")
+RUN = ROOT / "nbs" / "runs" / "distill.ipynb"  # the recipe: its parameters cell
+RECIPE = {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(str(RUN)).items()}
+p.add_argument("--max_train_steps", type=int, default=RECIPE["max_train_steps"])
+p.add_argument("--distill_cfg", type=float, default=RECIPE["distill_cfg"], help="the teacher's guidance in the solver step, every arm")
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--json", default=None)
 args = p.parse_args()
@@ -58,17 +62,19 @@ for name, phases, grid, flags in arms:
 
 work = Path(args.work)
 if not (work / "preprocessed" / "videos2caption.json").exists():
-    toy.make_dataset(work / "data", n_videos=600, n_images=0, seed=11, overwrite=True, progress=False)
+    toy.make_dataset(work / "data", n_videos=RECIPE["n_videos"], n_images=0, seed=RECIPE["data_seed"], overwrite=True, progress=False)
 data.preprocess(work / "data" / "merge.txt", work / "preprocessed", "toy", progress=False)
 rows = {}
 for name, phases, grid, flags in arms:
-    out = work / (f"{grid}-p{phases}-{args.max_train_steps}" + ("" if args.distill_cfg == 3.5 else f"-cfg{args.distill_cfg:g}"))
+    out = work / (f"{grid}-p{phases}-{args.max_train_steps}" + ("" if args.distill_cfg == RECIPE["distill_cfg"] else f"-cfg{args.distill_cfg:g}"))
     if not (out / "final").exists():
+        r = RECIPE  # the run notebook's DistillConfig call, with this arm's phases and grid
         config = DistillConfig(data_json_path=str(work / "preprocessed" / "videos2caption.json"), output_dir=str(out),
-                               train_batch_size=16, max_train_steps=args.max_train_steps, learning_rate=1e-4, lr_warmup_steps=50,
-                               cfg=0.0, seed=0, checkpointing_steps=250, checkpoints_total_limit=1, resume_from_checkpoint="latest",
-                               distill_cfg=args.distill_cfg, multi_phased_distill_schedule=f"{args.max_train_steps}-{phases}", use_ema=True,
-                               ema_decay=0.95, **flags)
+                               train_batch_size=r["train_batch_size"], max_train_steps=args.max_train_steps,
+                               learning_rate=r["learning_rate"], lr_warmup_steps=r["lr_warmup_steps"], cfg=0.0, seed=r["seed"],
+                               checkpointing_steps=r["checkpointing_steps"], checkpoints_total_limit=1, resume_from_checkpoint="latest",
+                               distill_cfg=args.distill_cfg, multi_phased_distill_schedule=f"{args.max_train_steps}-{phases}",
+                               use_ema=True, ema_decay=r["ema_decay"], **flags)
         load = lambda: MochiDiT.from_pretrained(toy.model_path(), subfolder="transformer")
         started = time.time()
         distill(config, load(), load(), progress=True, model_path="toy")
