@@ -10,6 +10,7 @@ A benchmark, not a test; about 2 minutes per setting on 2 threads.
 Run: .venv/bin/python bench/teacher_guidance.py [--model_path toy] [--setting G@LO-HI ...] [--seeds 0 1] [--json OUT.json]
 """
 import argparse, json, re, time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,6 +85,5 @@ for setting in settings:
               f"({'the same' if same else 'DIFFERENT: this loop is not the bar'})")
         row["equals_toy_scores"] = same
 if a.json:
-    from pathlib import Path
     Path(a.json).write_text(json.dumps({"model_path": a.model_path, "steps": a.steps, "seeds": a.seeds, "table": table}, indent=1) + "\n")
     print("wrote", a.json)
